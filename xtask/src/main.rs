@@ -1,0 +1,74 @@
+//! Project workflows, run as `cargo xtask <command>`.
+//!
+//! * `setup` installs libtorch 2.11.0 (from the PyPI `torch==2.11.0` wheel) into a
+//!   per-user cache and links it at `.libtorch` in the repository.
+//! * `test` runs set-up if needed, then formatting, lints, docs and the whole test suite.
+//!
+//! xtask itself never links libtorch, so it builds on a machine that has none yet.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod setup;
+mod test;
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Workflows of the phase7 workspace",
+    version
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install libtorch 2.11.0 into the per-user cache (once) and link it at `.libtorch`.
+    ///
+    /// The cache lives in $PHASE7_LIBTORCH_CACHE, else $XDG_CACHE_HOME/phase7/libtorch,
+    /// else ~/.cache/phase7/libtorch. The install needs Python 3 with pip and about 5 GB.
+    Setup {
+        /// Reinstall even when a verified install is already in the cache.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Set up if needed, then: fmt --check, clippy -D warnings, docs, all tests.
+    Test {
+        /// Extra arguments passed to `cargo test` after `--workspace` (e.g. a filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        cargo_test_args: Vec<String>,
+    },
+}
+
+/// The repository root: xtask's manifest lives one level below it.
+fn repo_root() -> PathBuf {
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or(manifest_dir)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let root = repo_root();
+    let outcome = match cli.command {
+        Command::Setup { force } => setup::run(&root, force).map(|report| {
+            eprintln!("{report}");
+        }),
+        Command::Test { cargo_test_args } => test::run(&root, &cargo_test_args),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // One line, whole cause chain: the caller can act on it without scrolling.
+            let line = format!("{error:#}").replace('\n', " ");
+            eprintln!("error: {line}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! `cargo xtask test`: the whole suite, as CI runs it.
+//!
+//! Cheapest checks first, so a formatting slip fails in seconds rather than after a
+//! full build. `--locked` everywhere: the committed `Cargo.lock` is what CI builds.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::setup;
+
+/// Runs set-up, fmt, clippy, docs and tests; prints each step's time.
+pub fn run(root: &Path, cargo_test_args: &[String]) -> Result<()> {
+    let mut timings: Vec<(&str, Duration)> = Vec::new();
+
+    let started = Instant::now();
+    let report = setup::run(root, false)?;
+    eprintln!("{report}");
+    timings.push(("setup", started.elapsed()));
+
+    let mut test = vec!["test", "--workspace", "--locked"];
+    test.extend(cargo_test_args.iter().map(String::as_str));
+    let steps = [
+        Step::new("fmt", &["fmt", "--all", "--check"]),
+        Step::new(
+            "clippy",
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--locked",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ),
+        Step::new("doc", &["doc", "--workspace", "--no-deps", "--locked"])
+            .with_env("RUSTDOCFLAGS", "-D warnings"),
+        Step::new("test", &test),
+    ];
+    for step in steps {
+        eprintln!("xtask test: {}: cargo {}", step.name, step.args.join(" "));
+        let started = Instant::now();
+        let mut command = Command::new(cargo());
+        command.args(&step.args).current_dir(root);
+        for (key, value) in &step.env {
+            command.env(key, value);
+        }
+        let status = command
+            .status()
+            .with_context(|| format!("cannot run cargo for step `{}`", step.name))?;
+        timings.push((step.name, started.elapsed()));
+        if !status.success() {
+            bail!(
+                "step `{}` failed ({status}); its output is above",
+                step.name
+            );
+        }
+    }
+
+    let summary: Vec<String> = timings
+        .iter()
+        .map(|(name, time)| format!("{name} {:.1} s", time.as_secs_f64()))
+        .collect();
+    let total: Duration = timings.iter().map(|(_, time)| *time).sum();
+    eprintln!(
+        "xtask test: all steps passed in {:.1} s ({})",
+        total.as_secs_f64(),
+        summary.join(", ")
+    );
+    Ok(())
+}
+
+/// One cargo invocation of the suite.
+struct Step<'a> {
+    name: &'static str,
+    args: Vec<&'a str>,
+    env: Vec<(&'static str, &'static str)>,
+}
+
+impl<'a> Step<'a> {
+    fn new(name: &'static str, args: &[&'a str]) -> Self {
+        Self {
+            name,
+            args: args.to_vec(),
+            env: Vec::new(),
+        }
+    }
+
+    fn with_env(mut self, key: &'static str, value: &'static str) -> Self {
+        self.env.push((key, value));
+        self
+    }
+}
+
+/// The cargo that launched xtask (so the toolchain stays the same), else `cargo`.
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
+}
