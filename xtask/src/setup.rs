@@ -59,7 +59,7 @@ impl fmt::Display for Report {
         };
         write!(
             f,
-            "setup: libtorch {} {what} in {:.1} s at {} (linked at {})",
+            "setup: libtorch {} {what} in {:.2} s at {} (linked at {})",
             self.torch_version,
             self.elapsed.as_secs_f64(),
             self.install_dir.display(),
