@@ -20,6 +20,8 @@
 use half::f16;
 use rayon::prelude::*;
 
+use crate::simd;
+
 /// Elements per TQ1_0 / TQ2_0 block.
 pub const TQ_BLOCK_ELEMENTS: usize = 256;
 /// Bytes per TQ1_0 block: `qs[48]`, `qh[4]`, f16 `d`.
@@ -131,11 +133,6 @@ pub fn check_tensor_scale(what: &'static str, value: f32) -> CodecResult<()> {
     }
 }
 
-#[inline(always)]
-fn field(byte: u8, shift: u32) -> f32 {
-    (((byte >> shift) & 3) as i32 - 1) as f32
-}
-
 // ---------------------------------------------------------------------------------------
 // HF transformers `bitnet` packing
 // ---------------------------------------------------------------------------------------
@@ -178,25 +175,25 @@ fn hf_dequantize_with(
     if packed.is_empty() {
         return Ok(());
     }
-    let decode = |shift: u32, bytes: &[u8], y: &mut [f32]| {
-        for (v, &b) in y.iter_mut().zip(bytes) {
-            *v = field(b, shift) * multiplier;
-        }
-    };
+    let lut = simd::code_table(multiplier);
+    let stream = out.len() * 4 >= simd::STREAM_MIN_BYTES;
     // Row i*R + r of the output comes from row r of the packed bytes, field i: the output
     // is four contiguous slices, each a decode of the whole packed buffer.
     for (i, out_slice) in out.chunks_exact_mut(packed.len()).enumerate() {
         let shift = 2 * i as u32;
         if parallel {
-            let task = PARALLEL_TASK_BYTES.max(cols);
             packed
-                .par_chunks(task)
-                .zip(out_slice.par_chunks_mut(task))
-                .for_each(|(bytes, y)| decode(shift, bytes, y));
+                .par_chunks(PARALLEL_TASK_BYTES)
+                .zip(out_slice.par_chunks_mut(PARALLEL_TASK_BYTES))
+                .for_each(|(bytes, y)| {
+                    simd::expand_field(bytes, shift, &lut, y, stream);
+                    simd::store_fence();
+                });
         } else {
-            decode(shift, packed, out_slice);
+            simd::expand_field(packed, shift, &lut, out_slice, stream);
         }
     }
+    simd::store_fence();
     Ok(())
 }
 
@@ -320,44 +317,41 @@ pub fn pairwise_abs_sum(x: &[f32]) -> f32 {
 
 /// Dequantizes TQ2_0 blocks: `data.len() == 66 * n_blocks`, `out.len() == 256 * n_blocks`.
 pub fn tq2_0_dequantize(data: &[u8], out: &mut [f32]) -> CodecResult<()> {
-    by_blocks(
-        data,
-        TQ2_0_BLOCK_BYTES,
-        out,
-        TQ_BLOCK_ELEMENTS,
-        false,
-        tq2_0_block,
-    )
+    by_blocks(data, out, false, &Tq2_0)
 }
 
 /// [`tq2_0_dequantize`] on all of rayon's threads.
 pub fn tq2_0_dequantize_par(data: &[u8], out: &mut [f32]) -> CodecResult<()> {
-    by_blocks(
-        data,
-        TQ2_0_BLOCK_BYTES,
-        out,
-        TQ_BLOCK_ELEMENTS,
-        true,
-        tq2_0_block,
-    )
+    by_blocks(data, out, true, &Tq2_0)
 }
 
-#[inline]
-fn tq2_0_block(block: &[u8], y: &mut [f32]) -> CodecResult<()> {
-    let qs = &block[..64];
-    check_codes(qs)?;
-    let d = block_scale(block, 64)?;
-    for half in 0..2 {
-        let q = &qs[32 * half..32 * half + 32];
-        for l in 0..4 {
-            let shift = 2 * l as u32;
-            let dst = &mut y[128 * half + 32 * l..128 * half + 32 * l + 32];
-            for (v, &b) in dst.iter_mut().zip(q) {
-                *v = field(b, shift) * d;
+/// TQ2_0: 64 code bytes (each holds elements k, k+32, k+64, k+96 of its half), f16 d.
+struct Tq2_0;
+
+impl BlockFormat for Tq2_0 {
+    const BYTES: usize = TQ2_0_BLOCK_BYTES;
+    const ELEMENTS: usize = TQ_BLOCK_ELEMENTS;
+
+    #[inline(always)]
+    fn decode<E: simd::Expand>(
+        &self,
+        e: E,
+        block: &[u8],
+        y: &mut [f32],
+        stream: bool,
+    ) -> CodecResult<()> {
+        let qs = &block[..64];
+        check_codes(qs)?;
+        let lut = simd::code_table(block_scale(block, 64)?);
+        for half in 0..2 {
+            let q = &qs[32 * half..32 * half + 32];
+            for l in 0..4 {
+                let at = 128 * half + 32 * l;
+                e.field(q, 2 * l as u32, &lut, &mut y[at..at + 32], stream);
             }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Quantizes to TQ2_0 as ggml's `quantize_row_tq2_0_ref` (per-block absmax `d`, stored
@@ -388,61 +382,48 @@ pub fn tq2_0_quantize(x: &[f32]) -> CodecResult<Vec<u8>> {
 // GGUF TQ1_0
 // ---------------------------------------------------------------------------------------
 
-const POW3: [u8; 6] = [1, 3, 9, 27, 81, 243];
-
-/// Digit `n` (most significant first) of a TQ1_0 byte, in {0, 1, 2}.
-#[inline(always)]
-fn trit(byte: u8, n: usize) -> f32 {
-    let shifted = byte.wrapping_mul(POW3[n]);
-    (((u16::from(shifted) * 3) >> 8) as i32 - 1) as f32
-}
-
 /// Dequantizes TQ1_0 blocks: `data.len() == 54 * n_blocks`, `out.len() == 256 * n_blocks`.
 /// Every byte decodes to valid digits, so only sizes and scales can be wrong.
 pub fn tq1_0_dequantize(data: &[u8], out: &mut [f32]) -> CodecResult<()> {
-    by_blocks(
-        data,
-        TQ1_0_BLOCK_BYTES,
-        out,
-        TQ_BLOCK_ELEMENTS,
-        false,
-        tq1_0_block,
-    )
+    by_blocks(data, out, false, &Tq1_0)
 }
 
 /// [`tq1_0_dequantize`] on all of rayon's threads.
 pub fn tq1_0_dequantize_par(data: &[u8], out: &mut [f32]) -> CodecResult<()> {
-    by_blocks(
-        data,
-        TQ1_0_BLOCK_BYTES,
-        out,
-        TQ_BLOCK_ELEMENTS,
-        true,
-        tq1_0_block,
-    )
+    by_blocks(data, out, true, &Tq1_0)
 }
 
-#[inline]
-fn tq1_0_block(block: &[u8], y: &mut [f32]) -> CodecResult<()> {
-    let d = block_scale(block, 52)?;
-    let (qs, rest) = block.split_at(48);
-    let qh = &rest[..4];
-    for n in 0..5 {
-        for (v, &b) in y[32 * n..32 * n + 32].iter_mut().zip(&qs[..32]) {
-            *v = trit(b, n) * d;
+/// TQ1_0: 48 bytes of five base-3 digits, 4 bytes of four, f16 d.
+struct Tq1_0;
+
+impl BlockFormat for Tq1_0 {
+    const BYTES: usize = TQ1_0_BLOCK_BYTES;
+    const ELEMENTS: usize = TQ_BLOCK_ELEMENTS;
+
+    #[inline(always)]
+    fn decode<E: simd::Expand>(
+        &self,
+        e: E,
+        block: &[u8],
+        y: &mut [f32],
+        stream: bool,
+    ) -> CodecResult<()> {
+        let lut = simd::code_table(block_scale(block, 52)?);
+        let (qs, rest) = block.split_at(48);
+        let qh = &rest[..4];
+        for n in 0..5u32 {
+            let at = 32 * n as usize;
+            e.trits(&qs[..32], n, &lut, &mut y[at..at + 32], stream);
         }
-    }
-    for n in 0..5 {
-        for (v, &b) in y[160 + 16 * n..176 + 16 * n].iter_mut().zip(&qs[32..]) {
-            *v = trit(b, n) * d;
+        for n in 0..5u32 {
+            let at = 160 + 16 * n as usize;
+            e.trits(&qs[32..], n, &lut, &mut y[at..at + 16], stream);
         }
+        let qh: &[u8; 4] = qh.try_into().expect("4 bytes");
+        let tail: &mut [f32; 16] = (&mut y[240..256]).try_into().expect("16 values");
+        e.trits_tail(qh, &lut, tail, stream);
+        Ok(())
     }
-    for n in 0..4 {
-        for (v, &b) in y[240 + 4 * n..244 + 4 * n].iter_mut().zip(qh) {
-            *v = trit(b, n) * d;
-        }
-    }
-    Ok(())
 }
 
 /// Quantizes to TQ1_0 as ggml's `quantize_row_tq1_0_ref`. `x.len()` must be a multiple
@@ -513,17 +494,45 @@ pub fn i2s_dequantize_par(data: &[u8], out: &mut [f32]) -> CodecResult<()> {
 fn i2s_dequantize_with(data: &[u8], out: &mut [f32], parallel: bool) -> CodecResult<()> {
     let scale = i2s_scale(data, out.len())?;
     let codes = &data[..out.len() / 4];
-    let kernel = |q: &[u8], y: &mut [f32]| -> CodecResult<()> {
+    by_blocks(
+        codes,
+        out,
+        parallel,
+        &I2s {
+            lut: simd::code_table(scale),
+        },
+    )
+}
+
+/// I2_S: 32 bytes per 128 elements, fields MSB first; one scale for the tensor.
+struct I2s {
+    lut: [f32; 4],
+}
+
+impl BlockFormat for I2s {
+    const BYTES: usize = 32;
+    const ELEMENTS: usize = I2S_BLOCK_ELEMENTS;
+
+    #[inline(always)]
+    fn decode<E: simd::Expand>(
+        &self,
+        e: E,
+        q: &[u8],
+        y: &mut [f32],
+        stream: bool,
+    ) -> CodecResult<()> {
         check_codes(q)?;
         for g in 0..4 {
-            let shift = 6 - 2 * g as u32;
-            for (v, &b) in y[32 * g..32 * g + 32].iter_mut().zip(q) {
-                *v = field(b, shift) * scale;
-            }
+            e.field(
+                q,
+                6 - 2 * g as u32,
+                &self.lut,
+                &mut y[32 * g..32 * g + 32],
+                stream,
+            );
         }
         Ok(())
-    };
-    by_blocks(codes, 32, out, I2S_BLOCK_ELEMENTS, parallel, kernel)
+    }
 }
 
 /// Quantizes to I2_S as bitnet.cpp's `quantize_i2_s`: one scale `max|x|` per tensor,
@@ -563,49 +572,87 @@ pub fn i2s_quantize(x: &[f32]) -> CodecResult<Vec<u8>> {
 /// small enough to balance load.
 const PARALLEL_TASK_BYTES: usize = 64 * 1024;
 
-/// Runs `kernel` over matching (bytes, elements) blocks, serially or on rayon's threads;
-/// a codec error is reported with the byte offset of its block added.
-fn by_blocks<K>(
+/// A block format: how one block of bytes decodes into its elements.
+trait BlockFormat: Sync {
+    const BYTES: usize;
+    const ELEMENTS: usize;
+    fn decode<E: simd::Expand>(
+        &self,
+        e: E,
+        block: &[u8],
+        y: &mut [f32],
+        stream: bool,
+    ) -> CodecResult<()>;
+}
+
+/// A run of consecutive blocks, decoded as one [`simd::Kernel`].
+struct BlockRun<'a, F> {
+    format: &'a F,
+    first_block: usize,
+    bytes: &'a [u8],
+    values: &'a mut [f32],
+    stream: bool,
+}
+
+impl<F: BlockFormat> simd::Kernel for BlockRun<'_, F> {
+    type Output = CodecResult<()>;
+
+    #[inline(always)]
+    fn run<E: simd::Expand>(self, e: E) -> CodecResult<()> {
+        let result = self
+            .bytes
+            .chunks_exact(F::BYTES)
+            .zip(self.values.chunks_exact_mut(F::ELEMENTS))
+            .enumerate()
+            .try_for_each(|(j, (block, y))| {
+                self.format
+                    .decode(e, block, y, self.stream)
+                    .map_err(|error| offset_code_error(error, (self.first_block + j) * F::BYTES))
+            });
+        simd::store_fence();
+        result
+    }
+}
+
+/// Decodes whole blocks, serially or on rayon's threads; a codec error is reported with
+/// the byte offset of its block added.
+fn by_blocks<F: BlockFormat>(
     data: &[u8],
-    block_bytes: usize,
     out: &mut [f32],
-    block_elements: usize,
     parallel: bool,
-    kernel: K,
-) -> CodecResult<()>
-where
-    K: Fn(&[u8], &mut [f32]) -> CodecResult<()> + Sync,
-{
-    if !out.len().is_multiple_of(block_elements) {
+    format: &F,
+) -> CodecResult<()> {
+    if !out.len().is_multiple_of(F::ELEMENTS) {
         return Err(CodecError::NotMultiple {
             what: "the element count",
             got: out.len(),
-            multiple_of: block_elements,
+            multiple_of: F::ELEMENTS,
         });
     }
-    check_len(
-        "bytes",
-        out.len() / block_elements * block_bytes,
-        data.len(),
-    )?;
-    let run = |first_block: usize, bytes: &[u8], y: &mut [f32]| {
-        bytes
-            .chunks_exact(block_bytes)
-            .zip(y.chunks_exact_mut(block_elements))
-            .enumerate()
-            .try_for_each(|(j, (block, values))| {
-                kernel(block, values)
-                    .map_err(|e| offset_code_error(e, (first_block + j) * block_bytes))
-            })
-    };
+    check_len("bytes", out.len() / F::ELEMENTS * F::BYTES, data.len())?;
+    let stream = out.len() * 4 >= simd::STREAM_MIN_BYTES;
     if parallel {
-        let task_blocks = (PARALLEL_TASK_BYTES / block_bytes).max(1);
-        data.par_chunks(task_blocks * block_bytes)
-            .zip(out.par_chunks_mut(task_blocks * block_elements))
+        let task_blocks = (PARALLEL_TASK_BYTES / F::BYTES).max(1);
+        data.par_chunks(task_blocks * F::BYTES)
+            .zip(out.par_chunks_mut(task_blocks * F::ELEMENTS))
             .enumerate()
-            .try_for_each(|(task, (bytes, y))| run(task * task_blocks, bytes, y))
+            .try_for_each(|(task, (bytes, values))| {
+                simd::dispatch(BlockRun {
+                    format,
+                    first_block: task * task_blocks,
+                    bytes,
+                    values,
+                    stream,
+                })
+            })
     } else {
-        run(0, data, out)
+        simd::dispatch(BlockRun {
+            format,
+            first_block: 0,
+            bytes: data,
+            values: out,
+            stream,
+        })
     }
 }
 

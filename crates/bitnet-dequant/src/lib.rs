@@ -46,6 +46,7 @@ pub mod gguf;
 pub mod hf;
 pub mod io;
 pub mod reference;
+pub mod simd;
 mod tensor;
 
 use std::path::{Path, PathBuf};
