@@ -3,6 +3,7 @@
 //! * `setup` installs libtorch 2.11.0 (from the PyPI `torch==2.11.0` wheel) into a
 //!   per-user cache and links it at `.libtorch` in the repository.
 //! * `test` runs set-up if needed, then formatting, lints, docs and the whole test suite.
+//! * `bench <name>` runs a benchmark that compares against a Python peer side by side.
 //!
 //! xtask itself never links libtorch, so it builds on a machine that has none yet.
 
@@ -11,6 +12,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod setup;
 mod test;
 
@@ -35,6 +37,13 @@ enum Command {
         /// Reinstall even when a verified install is already in the cache.
         #[arg(long)]
         force: bool,
+    },
+    /// Run a benchmark against its peer, side by side (`dequant`: bitnet-dequant vs the
+    /// gguf package's numpy and memcpy).
+    Bench {
+        /// Which benchmark.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(bench::BENCHES))]
+        name: String,
     },
     /// Set up if needed, then: fmt --check, clippy -D warnings, docs, all tests.
     Test {
@@ -61,6 +70,7 @@ fn main() -> ExitCode {
             eprintln!("{report}");
         }),
         Command::Test { cargo_test_args } => test::run(&root, &cargo_test_args),
+        Command::Bench { name } => bench::run(&root, &name),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -168,20 +168,27 @@ pub fn run(root: &Path, force: bool) -> Result<Report> {
 
 /// `$PHASE7_LIBTORCH_CACHE`, else `$XDG_CACHE_HOME/phase7/libtorch`, else `~/.cache/...`.
 fn cache_root() -> Result<PathBuf> {
-    let from_env = |name: &str| {
-        std::env::var_os(name)
+    cache_dir(CACHE_ENV, "libtorch")
+}
+
+/// `$<override_env>`, else `$XDG_CACHE_HOME/phase7/<name>`, else `~/.cache/phase7/<name>`.
+pub fn cache_dir(override_env: &str, name: &str) -> Result<PathBuf> {
+    let from_env = |key: &str| {
+        std::env::var_os(key)
             .filter(|value| !value.is_empty())
             .map(PathBuf::from)
     };
-    if let Some(dir) = from_env(CACHE_ENV) {
+    if let Some(dir) = from_env(override_env) {
         return Ok(dir);
     }
     if let Some(dir) = from_env("XDG_CACHE_HOME").filter(|dir| dir.is_absolute()) {
-        return Ok(dir.join("phase7").join("libtorch"));
+        return Ok(dir.join("phase7").join(name));
     }
     match from_env("HOME") {
-        Some(home) => Ok(home.join(".cache").join("phase7").join("libtorch")),
-        None => bail!("cannot choose a libtorch cache: HOME is not set; set {CACHE_ENV}"),
+        Some(home) => Ok(home.join(".cache").join("phase7").join(name)),
+        None => {
+            bail!("cannot choose a cache folder for {name}: HOME is not set; set {override_env}")
+        }
     }
 }
 
@@ -221,7 +228,7 @@ fn remove_stale_partials(cache: &Path) -> Result<()> {
     Ok(())
 }
 
-fn python_with_pip() -> Result<String> {
+pub fn python_with_pip() -> Result<String> {
     let python = std::env::var(PYTHON_ENV).unwrap_or_else(|_| "python3".to_owned());
     let probe = Command::new(&python)
         .args(["-m", "pip", "--version"])

@@ -1,8 +1,8 @@
 //! Whole-checkpoint conversion to a float Hugging Face checkpoint, and verification of
 //! a conversion against its input.
 //!
-//! Conversion streams: one reusable f32 buffer the size of the largest tensor (plus a
-//! half-size one for bf16 output) is all that is held, besides the input's mapped pages.
+//! Conversion streams: one reusable f32 buffer the size of the largest tensor is all that
+//! is held (bf16 output is rounded in place), besides the input's mapped pages.
 //! The output is written into a temporary folder beside the target and renamed into
 //! place only when complete, so a failed run leaves nothing at the output path.
 
@@ -149,7 +149,6 @@ pub fn convert(
 
     let mut weight_map = serde_json::Map::new();
     let mut buffer: Vec<f32> = Vec::new();
-    let mut bf16_buffer: Vec<u8> = Vec::new();
     let shard_count = shards.len();
     let metadata = BTreeMap::from([("format".to_owned(), "pt".to_owned())]);
     for (index, shard) in shards.iter().enumerate() {
@@ -174,15 +173,7 @@ pub fn convert(
             checkpoint.dequantize_into(&tensor.name, &mut buffer, options.parallel)?;
             let bytes = match options.dtype {
                 OutputDtype::F32 => io::f32_bytes(&buffer),
-                OutputDtype::Bf16 => {
-                    bf16_buffer.clear();
-                    bf16_buffer.extend(
-                        buffer
-                            .iter()
-                            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()),
-                    );
-                    &bf16_buffer
-                }
+                OutputDtype::Bf16 => io::bf16_in_place(&mut buffer),
             };
             writer.write_tensor(&tensor.name, bytes)?;
             progress.tensor_done(&tensor.name, bytes.len() as u64);
@@ -191,7 +182,6 @@ pub fn convert(
         writer.finish()?;
     }
     drop(buffer);
-    drop(bf16_buffer);
     if shard_count > 1 {
         let index = serde_json::json!({
             "metadata": { "total_size": total },

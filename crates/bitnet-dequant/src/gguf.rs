@@ -245,7 +245,10 @@ impl<'a> Cursor<'a> {
         if count.saturating_mul(min_item_bytes.max(1) as u64) > left {
             return Err(Error::malformed(
                 self.path,
-                format!("{what} is {count}, more than the {left} bytes left in the file can hold"),
+                format!(
+                    "truncated or corrupt: {what} is {count}, more than the {left} bytes left \
+                     in the file can hold"
+                ),
             ));
         }
         Ok(count as usize)

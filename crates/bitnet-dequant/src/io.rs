@@ -284,6 +284,27 @@ pub fn read_f16(bytes: &[u8], out: &mut [f32]) {
     }
 }
 
+/// Rounds f32 values to bf16 in place: afterwards the first `2 * values.len()` bytes of
+/// the buffer are the little-endian bf16 values (returned as a byte view). Conversion
+/// runs front to back and element `i`'s result lands at bytes `2i..2i+2`, never past an
+/// element not yet read, so no second buffer is needed.
+pub fn bf16_in_place(values: &mut [f32]) -> &[u8] {
+    let n = values.len();
+    // SAFETY: u32 has the size and alignment of f32, and every bit pattern is valid.
+    let slots: &mut [u32] =
+        unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u32>(), n) };
+    for pair in 0..n.div_ceil(2) {
+        let low = half::bf16::from_f32(f32::from_bits(slots[2 * pair])).to_bits();
+        let high = match slots.get(2 * pair + 1) {
+            Some(&bits) => half::bf16::from_f32(f32::from_bits(bits)).to_bits(),
+            None => 0,
+        };
+        slots[pair] = u32::from(low) | (u32::from(high) << 16);
+    }
+    // SAFETY: the first 2n bytes of the buffer are initialised u32 slots.
+    unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), 2 * n) }
+}
+
 /// f32 values rounded to bf16 (nearest, ties to even), as little-endian bytes.
 pub fn bf16_bytes(values: &[f32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(values.len() * 2);
@@ -291,4 +312,21 @@ pub fn bf16_bytes(values: &[f32]) -> Vec<u8> {
         out.extend_from_slice(&half::bf16::from_f32(v).to_le_bytes());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bf16_in_place_equals_the_copying_conversion() {
+        for n in [0usize, 1, 2, 3, 7, 64, 101] {
+            let values: Vec<f32> = (0..n).map(|i| (i as f32 - 50.3) * 1.37e-3).collect();
+            let expected = super::bf16_bytes(&values);
+            let mut buffer = values.clone();
+            assert_eq!(
+                super::bf16_in_place(&mut buffer),
+                expected.as_slice(),
+                "n = {n}"
+            );
+        }
+    }
 }

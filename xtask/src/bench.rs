@@ -1,0 +1,227 @@
+//! `cargo xtask bench <name>`: benchmarks that compare against a peer in Python, run side
+//! by side in one process tree. The Python peers live in a private virtual environment
+//! made once in the cache (`$PHASE7_BENCH_VENV`, else `~/.cache/phase7/bench-venv`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+use crate::setup;
+
+/// Python packages of the peers, pinned.
+const PEER_PACKAGES: &[&str] = &["gguf==0.19.0"];
+
+/// The benchmarks this command knows.
+pub const BENCHES: &[&str] = &["dequant", "convert-memory"];
+
+/// Runs benchmark `name`.
+pub fn run(root: &Path, name: &str) -> Result<()> {
+    match name {
+        "dequant" => {
+            let python = bench_python()?;
+            let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args([
+                    "run",
+                    "--release",
+                    "--quiet",
+                    "-p",
+                    "bitnet-dequant",
+                    "--example",
+                    "bench_dequant",
+                ])
+                .env("PHASE7_BENCH_PYTHON", &python)
+                .current_dir(root)
+                .status()
+                .context("cannot run cargo")?;
+            if !status.success() {
+                bail!("the dequant benchmark failed ({status})");
+            }
+            Ok(())
+        }
+        "convert-memory" => convert_memory(root),
+        other => bail!("unknown benchmark `{other}`; known: {}", BENCHES.join(", ")),
+    }
+}
+
+/// The venv's python, creating the venv (into a temporary folder, renamed when complete)
+/// if it is missing.
+fn bench_python() -> Result<PathBuf> {
+    let venv = setup::cache_dir("PHASE7_BENCH_VENV", "bench-venv")?;
+    let python = venv.join("bin").join("python");
+    let marker = venv.join(".phase7-complete");
+    if marker.is_file() && python.is_file() {
+        return Ok(python);
+    }
+    let system_python = setup::python_with_pip()?;
+    let partial = venv.with_file_name(format!(
+        "{}.partial-{}",
+        venv.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&partial);
+    eprintln!(
+        "bench: creating the peer environment {} ({})",
+        venv.display(),
+        PEER_PACKAGES.join(", ")
+    );
+    let quiet = |command: &mut Command| -> Result<()> {
+        let output = command
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("cannot run {command:?}"))?;
+        if !output.status.success() {
+            let _ = std::fs::remove_dir_all(&partial);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let line = stderr
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            bail!("{command:?} failed: {line}");
+        }
+        Ok(())
+    };
+    if let Some(parent) = venv.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    quiet(
+        Command::new(&system_python)
+            .args(["-m", "venv"])
+            .arg(&partial),
+    )?;
+    // Only `bin/python` is used after the rename below: it finds its environment through
+    // the pyvenv.cfg beside it (the pip scripts' shebangs keep the partial path).
+    quiet(
+        Command::new(partial.join("bin").join("python"))
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(PEER_PACKAGES),
+    )?;
+    std::fs::write(partial.join(".phase7-complete"), PEER_PACKAGES.join("\n"))?;
+    let _ = std::fs::remove_dir_all(&venv);
+    std::fs::rename(&partial, &venv)
+        .with_context(|| format!("cannot move the environment to {}", venv.display()))?;
+    Ok(python)
+}
+
+/// Peak resident memory of `bitnet-dequant convert` on a synthetic 2-layer checkpoint
+/// with Llama-7B layer shapes, measured by `/usr/bin/time -v`, against the bound
+/// 1.5 x (largest tensor as f32) + (input bytes, all of which may be mapped).
+fn convert_memory(root: &Path) -> Result<()> {
+    let time = Path::new("/usr/bin/time");
+    if !time.is_file() {
+        bail!(
+            "/usr/bin/time is needed to measure peak memory (Debian/Ubuntu: apt-get install time)"
+        );
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "bitnet-dequant",
+            "--bin",
+            "bitnet-dequant",
+        ])
+        .args(["--example", "synthetic_checkpoint"])
+        .current_dir(root)
+        .status()
+        .context("cannot run cargo")?;
+    if !status.success() {
+        bail!("building bitnet-dequant failed ({status})");
+    }
+    let release = root.join("target").join("release");
+    let scratch = std::env::temp_dir().join(format!("convert-memory-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch)?;
+    let result = (|| -> Result<()> {
+        let input = scratch.join("input");
+        let made = Command::new(release.join("examples").join("synthetic_checkpoint"))
+            .arg(&input)
+            .output()?;
+        if !made.status.success() {
+            bail!(
+                "synthetic_checkpoint failed: {}",
+                String::from_utf8_lossy(&made.stderr)
+            );
+        }
+        print!("{}", String::from_utf8_lossy(&made.stdout));
+        let inspect = Command::new(release.join("bitnet-dequant"))
+            .args(["inspect", "--json"])
+            .arg(&input)
+            .output()?;
+        let report: serde_json::Value = serde_json::from_slice(&inspect.stdout)
+            .context("bitnet-dequant inspect --json gave no JSON")?;
+        let largest = report["tensors"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| {
+                t["shape"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|d| d.as_u64())
+                    .product::<u64>()
+            })
+            .max()
+            .unwrap_or(0);
+        let input_bytes = std::fs::metadata(input.join("model.safetensors"))?.len();
+        let bound = 1.5 * (largest * 4) as f64 + input_bytes as f64;
+        println!(
+            "largest tensor {:.1} MB as f32, input {:.1} MB; bound 1.5 x largest + input = {:.1} MB",
+            (largest * 4) as f64 / 1e6,
+            input_bytes as f64 / 1e6,
+            bound / 1e6
+        );
+        for dtype in ["f32", "bf16"] {
+            let output = scratch.join(format!("out-{dtype}"));
+            let run = Command::new(time)
+                .arg("-v")
+                .arg(release.join("bitnet-dequant"))
+                .arg("convert")
+                .arg(&input)
+                .arg(&output)
+                .args(["--dtype", dtype])
+                .output()?;
+            if !run.status.success() {
+                bail!("convert failed: {}", String::from_utf8_lossy(&run.stderr));
+            }
+            let stderr = String::from_utf8_lossy(&run.stderr);
+            let peak_kb: f64 = stderr
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("Maximum resident set size (kbytes):"))
+                .and_then(|v| v.trim().parse().ok())
+                .context("no peak memory in /usr/bin/time's output")?;
+            let wall = stderr
+                .lines()
+                .find_map(|l| {
+                    l.trim()
+                        .strip_prefix("Elapsed (wall clock) time (h:mm:ss or m:ss):")
+                })
+                .unwrap_or("?")
+                .trim()
+                .to_owned();
+            let peak = peak_kb * 1024.0;
+            println!(
+                "convert --dtype {dtype:<4}: peak RSS {:.1} MB = {:.2} x bound ({}), wall {wall}",
+                peak / 1e6,
+                peak / bound,
+                if peak <= bound { "within" } else { "OVER" }
+            );
+            std::fs::remove_dir_all(&output)?;
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
