@@ -12,8 +12,12 @@ fuzz_target!(|data: &[u8]| {
     };
     for info in file.tensors().to_vec() {
         let mut out = vec![0f32; info.numel()];
-        let serial = file.dequantize_into(&info.name, &mut out, false).map(|()| out.clone());
-        let parallel = file.dequantize_into(&info.name, &mut out, true).map(|()| out);
+        let serial = file
+            .dequantize_into(&info.name, &mut out, false)
+            .map(|()| out.clone());
+        let parallel = file
+            .dequantize_into(&info.name, &mut out, true)
+            .map(|()| out);
         if let (Ok(a), Ok(b)) = (&serial, &parallel) {
             assert_eq!(
                 a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
