@@ -70,6 +70,13 @@ pub fn igd(reference: &[f64], approximation: &[f64], m: usize) -> f64 {
     })
 }
 
+/// Generational distance: the mean, over `approximation` points, of the Euclidean
+/// distance to the nearest `reference` point (how close the found points are to the
+/// front, blind to how much of it they cover).
+pub fn gd(reference: &[f64], approximation: &[f64], m: usize) -> f64 {
+    igd(approximation, reference, m)
+}
+
 /// IGD+ (Ishibuchi et al. 2015): like IGD with the distance counting only how much worse
 /// the approximation is, `sqrt(sum max(a - z, 0)^2)`; weakly Pareto compliant.
 pub fn igd_plus(reference: &[f64], approximation: &[f64], m: usize) -> f64 {
