@@ -10,10 +10,12 @@ use anyhow::{Context, Result, bail};
 use crate::setup;
 
 /// Python packages of the peers, pinned.
-const PEER_PACKAGES: &[&str] = &["gguf==0.19.0"];
+const PEER_PACKAGES: &[&str] = &["gguf==0.19.0", "pymoo==0.6.2"];
+/// Peers installed when they can be (pygmo has no wheel on some platforms).
+const OPTIONAL_PEER_PACKAGES: &[&str] = &["pygmo==2.20.0"];
 
 /// The benchmarks this command knows.
-pub const BENCHES: &[&str] = &["dequant", "convert-memory"];
+pub const BENCHES: &[&str] = &["dequant", "convert-memory", "nsga2"];
 
 /// Runs benchmark `name`.
 pub fn run(root: &Path, name: &str) -> Result<()> {
@@ -40,6 +42,7 @@ pub fn run(root: &Path, name: &str) -> Result<()> {
             Ok(())
         }
         "convert-memory" => convert_memory(root),
+        "nsga2" => nsga2(root),
         other => bail!("unknown benchmark `{other}`; known: {}", BENCHES.join(", ")),
     }
 }
@@ -50,7 +53,8 @@ fn bench_python() -> Result<PathBuf> {
     let venv = setup::cache_dir("PHASE7_BENCH_VENV", "bench-venv")?;
     let python = venv.join("bin").join("python");
     let marker = venv.join(".phase7-complete");
-    if marker.is_file() && python.is_file() {
+    let wanted = PEER_PACKAGES.join("\n");
+    if python.is_file() && std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted) {
         return Ok(python);
     }
     let system_python = setup::python_with_pip()?;
@@ -104,7 +108,27 @@ fn bench_python() -> Result<PathBuf> {
             ])
             .args(PEER_PACKAGES),
     )?;
-    std::fs::write(partial.join(".phase7-complete"), PEER_PACKAGES.join("\n"))?;
+    for optional in OPTIONAL_PEER_PACKAGES {
+        let installed = Command::new(partial.join("bin").join("python"))
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                optional,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !installed {
+            eprintln!(
+                "bench: optional peer {optional} could not be installed; its columns will be missing"
+            );
+        }
+    }
+    std::fs::write(partial.join(".phase7-complete"), &wanted)?;
     let _ = std::fs::remove_dir_all(&venv);
     std::fs::rename(&partial, &venv)
         .with_context(|| format!("cannot move the environment to {}", venv.display()))?;
@@ -223,5 +247,50 @@ fn convert_memory(root: &Path) -> Result<()> {
         Ok(())
     })();
     let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+/// nsga2 against pymoo (and pygmo) on ZDT1-3: the peers run first (their fronts and times
+/// go to a JSON file), then our example scores everyone the same way.
+fn nsga2(root: &Path) -> Result<()> {
+    let python = bench_python()?;
+    let seeds = std::env::var("PHASE7_BENCH_SEEDS").unwrap_or_else(|_| "11".into());
+    let peers = std::env::temp_dir().join(format!("nsga2-peers-{}.json", std::process::id()));
+    eprintln!("bench: running pymoo and pygmo ({seeds} seeds per problem; about a minute)");
+    let status = Command::new(&python)
+        .arg(root.join("crates/nsga2/scripts/bench_peers.py"))
+        .arg(&peers)
+        .args([seeds.as_str(), "200"])
+        .env("OMP_NUM_THREADS", "1")
+        .env("OPENBLAS_NUM_THREADS", "1")
+        .status()
+        .context("cannot run the peers' script")?;
+    if !status.success() {
+        bail!("the peers' script failed ({status})");
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut result = Ok(());
+    for crowding in ["standard", "pruning"] {
+        let status = Command::new(&cargo)
+            .args([
+                "run",
+                "--release",
+                "--quiet",
+                "-p",
+                "nsga2",
+                "--example",
+                "bench_zdt",
+                "--",
+            ])
+            .args(["--seeds", seeds.as_str(), "--crowding", crowding, "--peers"])
+            .arg(&peers)
+            .current_dir(root)
+            .status()
+            .context("cannot run cargo")?;
+        if !status.success() {
+            result = Err(anyhow::anyhow!("bench_zdt failed ({status})"));
+        }
+    }
+    let _ = std::fs::remove_file(&peers);
     result
 }

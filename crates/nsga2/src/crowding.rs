@@ -16,6 +16,11 @@ pub enum Crowding {
     /// first (in front order) gets the distance and the rest get 0, so copies are the
     /// first to go. A documented quality improvement on fronts with duplicates.
     UniqueVectors,
+    /// Pruning crowding (Kukkonen and Deb 2006, pymoo's `"pcd"`): when a front must be
+    /// cut, its points are removed one at a time, always the one with the smallest
+    /// crowding distance among those left, recomputing distances after each removal.
+    /// Costs O(k^2 log k) for a split front of k points; spreads the kept points better.
+    Pruning,
 }
 
 /// Crowding distances of the points `front` (indices into the row-major `n x m` slice
@@ -23,7 +28,7 @@ pub enum Crowding {
 /// whose range over the front is zero contributes nothing.
 pub fn crowding_distance(points: &[f64], m: usize, front: &[usize], mode: Crowding) -> Vec<f64> {
     match mode {
-        Crowding::Standard => standard(points, m, front),
+        Crowding::Standard | Crowding::Pruning => standard(points, m, front),
         Crowding::UniqueVectors => {
             let point = |i: usize| &points[i * m..i * m + m];
             let mut unique: Vec<usize> = Vec::with_capacity(front.len());
