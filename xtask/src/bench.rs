@@ -15,7 +15,7 @@ const PEER_PACKAGES: &[&str] = &["gguf==0.19.0", "pymoo==0.6.2"];
 const OPTIONAL_PEER_PACKAGES: &[&str] = &["pygmo==2.20.0"];
 
 /// The benchmarks this command knows.
-pub const BENCHES: &[&str] = &["dequant", "convert-memory", "nsga2"];
+pub const BENCHES: &[&str] = &["dequant", "convert-memory", "nsga2", "nsga2-scaling"];
 
 /// Runs benchmark `name`.
 pub fn run(root: &Path, name: &str) -> Result<()> {
@@ -43,6 +43,25 @@ pub fn run(root: &Path, name: &str) -> Result<()> {
         }
         "convert-memory" => convert_memory(root),
         "nsga2" => nsga2(root),
+        "nsga2-scaling" => {
+            let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args([
+                    "run",
+                    "--release",
+                    "--quiet",
+                    "-p",
+                    "nsga2",
+                    "--example",
+                    "bench_scaling",
+                ])
+                .current_dir(root)
+                .status()
+                .context("cannot run cargo")?;
+            if !status.success() {
+                bail!("the scaling benchmark failed ({status})");
+            }
+            Ok(())
+        }
         other => bail!("unknown benchmark `{other}`; known: {}", BENCHES.join(", ")),
     }
 }

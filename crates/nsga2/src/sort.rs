@@ -101,7 +101,9 @@ pub fn ranks(points: &[f64], n: usize, m: usize) -> Vec<usize> {
     rank
 }
 
-/// Deb's O(M N^2) sort, kept as the reference the fast sorts are tested against.
+/// The definition, applied literally: peel off the non-dominated points, repeat
+/// (O(F M N^2) for F fronts). Kept as the reference the fast sorts are tested and
+/// benchmarked against.
 pub fn naive_ranks(points: &[f64], n: usize, m: usize) -> Vec<usize> {
     let point = |i: usize| &points[i * m..i * m + m];
     let mut rank = vec![usize::MAX; n];

@@ -372,3 +372,54 @@ fn constrained_problems_reach_their_known_fronts() {
         "BNH: GD {gd}, covered {covered}"
     );
 }
+
+#[test]
+fn the_default_termination_stops_when_the_front_settles() {
+    let outcome = Executor::new(&Zdt::zdt1(10), config(2)).run().unwrap();
+    assert_eq!(outcome.reason, TerminationReason::Tolerance);
+    assert!(
+        (60..1000).contains(&outcome.state.generation),
+        "stopped at {}",
+        outcome.state.generation
+    );
+}
+
+#[cfg(feature = "plots")]
+#[test]
+fn plots_are_written_as_svg() {
+    let dir = tempfile::tempdir().unwrap();
+    let problem = Zdt::zdt1(10);
+    let state = run(&problem, config(1), 20);
+    let front: Vec<f64> = state
+        .best()
+        .iter()
+        .flat_map(|i| i.objectives.clone())
+        .collect();
+    let front_path = dir.path().join("front.svg");
+    nsga2::plot::front_svg(&front_path, "ZDT1", &front, &problem.pareto_front(200)).unwrap();
+    let curve_path = dir.path().join("curve.svg");
+    nsga2::plot::curve_svg(
+        &curve_path,
+        "HV",
+        "hypervolume",
+        &[(0, 0.1), (10, 0.5), (20, 0.7)],
+    )
+    .unwrap();
+    for path in [front_path, curve_path] {
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("<text"),
+            "{}",
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(dir.path().join("front.svg")).unwrap();
+    assert!(text.matches("<circle").count() >= front.len() / 2);
+    let error = nsga2::plot::curve_svg(
+        &dir.path().join("missing/dir/curve.svg"),
+        "x",
+        "y",
+        &[(0, 1.0)],
+    );
+    assert!(error.is_err());
+}
