@@ -289,7 +289,7 @@ fn nsga2(root: &Path) -> Result<()> {
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut result = Ok(());
-    for crowding in ["standard", "pruning"] {
+    for crowding in ["unique", "standard", "pruning"] {
         let status = Command::new(&cargo)
             .args([
                 "run",

@@ -41,7 +41,7 @@ fn score(front: &[f64], reference: &[f64]) -> (f64, f64) {
 fn main() {
     let mut seeds = 11u64;
     let mut generations = 200usize;
-    let mut crowding = Crowding::Standard;
+    let mut crowding = Crowding::UniqueVectors;
     let mut peers: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -51,9 +51,9 @@ fn main() {
             "--generations" => generations = value.parse().expect("--generations N"),
             "--crowding" => {
                 crowding = match value.as_str() {
-                    "unique" => Crowding::UniqueVectors,
+                    "standard" => Crowding::Standard,
                     "pruning" => Crowding::Pruning,
-                    _ => Crowding::Standard,
+                    _ => Crowding::UniqueVectors,
                 }
             }
             "--peers" => peers = Some(value),

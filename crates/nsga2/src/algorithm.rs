@@ -23,7 +23,8 @@ pub struct Config {
     pub sbx: Sbx,
     /// Mutation. Default: PM eta 20, individual 0.9, variable min(0.5, 1/n).
     pub pm: Pm,
-    /// Crowding distance variant. Default: standard.
+    /// Crowding distance variant. Default: over unique objective vectors (pymoo's `"cd"`
+    /// is [`Crowding::Standard`]; the two agree when a front has no duplicates).
     pub crowding: Crowding,
     /// Drop offspring whose decision vector equals (bitwise) one in the population or
     /// among the offspring so far, and mate again (at most 100 rounds). Default: true.
@@ -43,7 +44,7 @@ impl Default for Config {
             offspring: None,
             sbx: Sbx::default(),
             pm: Pm::default(),
-            crowding: Crowding::Standard,
+            crowding: Crowding::UniqueVectors,
             eliminate_duplicates: true,
             seed: 0,
             parallel: true,

@@ -8,13 +8,15 @@ use serde::{Deserialize, Serialize};
 pub enum Crowding {
     /// Deb's crowding distance as pymoo's `"cd"` (0.6.1+): per objective, the two extremes
     /// get infinity and every other point the normalised gap between its neighbours;
-    /// duplicates are treated as distinct points (their gaps are zero).
-    #[default]
+    /// duplicates are treated as distinct points, so which of two twins gets the
+    /// infinity depends on their order in the front (Fortin and Parizeau 2013).
     Standard,
-    /// Crowding over *unique* objective vectors (as Platypus): the distance is computed on
-    /// the distinct vectors of the front, and of each group of identical vectors the
-    /// first (in front order) gets the distance and the rest get 0, so copies are the
-    /// first to go. A documented quality improvement on fronts with duplicates.
+    /// The default: crowding over *unique* objective vectors (Fortin and Parizeau 2013;
+    /// Platypus). Distances are computed on the distinct vectors of the front; of each
+    /// group of identical vectors the first in front order gets the distance and the
+    /// others 0, so copies are the first to go when a front is cut and lose tournaments
+    /// on crowding. Without duplicates it equals [`Crowding::Standard`].
+    #[default]
     UniqueVectors,
     /// Pruning crowding (Kukkonen and Deb 2006, pymoo's `"pcd"`): when a front must be
     /// cut, its points are removed one at a time, always the one with the smallest
@@ -28,25 +30,35 @@ pub enum Crowding {
 /// whose range over the front is zero contributes nothing.
 pub fn crowding_distance(points: &[f64], m: usize, front: &[usize], mode: Crowding) -> Vec<f64> {
     match mode {
-        Crowding::Standard | Crowding::Pruning => standard(points, m, front),
-        Crowding::UniqueVectors => {
-            let point = |i: usize| &points[i * m..i * m + m];
-            let mut unique: Vec<usize> = Vec::with_capacity(front.len());
-            let mut owner = Vec::with_capacity(front.len());
-            for &i in front {
-                match unique.iter().position(|&u| point(u) == point(i)) {
-                    Some(slot) => owner.push((slot, false)),
-                    None => {
-                        owner.push((unique.len(), true));
-                        unique.push(i);
-                    }
+        Crowding::Standard => standard(points, m, front),
+        Crowding::UniqueVectors | Crowding::Pruning => {
+            let point = |slot: usize| &points[front[slot] * m..front[slot] * m + m];
+            // Group identical vectors by sorting (vector, front position): each group's
+            // first element is its earliest copy in the front.
+            let mut order: Vec<usize> = (0..front.len()).collect();
+            order.sort_by(|&a, &b| {
+                point(a)
+                    .iter()
+                    .zip(point(b))
+                    .map(|(x, y)| x.total_cmp(y))
+                    .find(|o| o.is_ne())
+                    .unwrap_or(std::cmp::Ordering::Equal)
+                    .then(a.cmp(&b))
+            });
+            let mut leaders: Vec<usize> = Vec::with_capacity(front.len());
+            for (i, &slot) in order.iter().enumerate() {
+                if i == 0 || point(order[i - 1]) != point(slot) {
+                    leaders.push(slot);
                 }
             }
+            leaders.sort_unstable();
+            let unique: Vec<usize> = leaders.iter().map(|&slot| front[slot]).collect();
             let distances = standard(points, m, &unique);
-            owner
-                .iter()
-                .map(|&(slot, first)| if first { distances[slot] } else { 0.0 })
-                .collect()
+            let mut out = vec![0.0; front.len()];
+            for (&slot, &d) in leaders.iter().zip(&distances) {
+                out[slot] = d;
+            }
+            out
         }
     }
 }
@@ -97,6 +109,58 @@ mod tests {
             crowding_distance(&points, 2, &[1, 2], Crowding::Standard),
             [f64::INFINITY; 2]
         );
+    }
+
+    #[test]
+    fn twins_at_the_extremes_do_not_depend_on_order() {
+        // (0,1) twice at one end, (1,0) twice at the other, (0.5,0.5) inside.
+        let points = [0.0, 1.0, 1.0, 0.0, 0.5, 0.5, 0.0, 1.0, 1.0, 0.0];
+        for front in [[0, 1, 2, 3, 4], [3, 4, 2, 0, 1], [2, 4, 3, 1, 0]] {
+            let d = crowding_distance(&points, 2, &front, Crowding::UniqueVectors);
+            // Exactly one copy of each extreme is infinite, the other 0; the middle is finite.
+            for twin in [[0usize, 3], [1, 4]] {
+                let values: Vec<f64> = twin
+                    .iter()
+                    .map(|i| d[front.iter().position(|f| f == i).unwrap()])
+                    .collect();
+                assert!(
+                    values.contains(&f64::INFINITY) && values.contains(&0.0),
+                    "{front:?}: {d:?}"
+                );
+            }
+            let middle = d[front.iter().position(|&f| f == 2).unwrap()];
+            assert_eq!(middle, 2.0, "{front:?}: {d:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn crowding_properties(values in proptest::collection::vec(0u8..5, 3..60), scale in 0.1f64..100.0) {
+            let m = 3;
+            let n = values.len() / m;
+            let points: Vec<f64> = values[..n * m].iter().map(|&v| f64::from(v)).collect();
+            let front: Vec<usize> = (0..n).collect();
+            for mode in [Crowding::Standard, Crowding::UniqueVectors] {
+                let d = crowding_distance(&points, m, &front, mode);
+                proptest::prop_assert!(d.iter().all(|v| *v >= 0.0 && !v.is_nan()));
+                // Scaling an objective changes nothing: distances are normalised per objective.
+                let scaled: Vec<f64> = points.iter().enumerate().map(|(i, v)| if i % m == 1 { v * scale } else { *v }).collect();
+                let d2 = crowding_distance(&scaled, m, &front, mode);
+                for (a, b) in d.iter().zip(&d2) {
+                    proptest::prop_assert!(a == b || (a - b).abs() < 1e-9 * a.abs().max(1.0));
+                }
+                if n <= 2 {
+                    proptest::prop_assert!(d.iter().all(|v| v.is_infinite()));
+                }
+            }
+            // Unique-vector crowding: every distinct vector has exactly one copy scored.
+            let d = crowding_distance(&points, m, &front, Crowding::UniqueVectors);
+            let mut distinct: Vec<&[f64]> = points.chunks_exact(m).collect();
+            distinct.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            distinct.dedup();
+            let zeros_for_copies = n - distinct.len();
+            proptest::prop_assert!(d.iter().filter(|v| **v == 0.0).count() >= zeros_for_copies);
+        }
     }
 
     #[test]
