@@ -17,51 +17,58 @@ const OPTIONAL_PEER_PACKAGES: &[&str] = &["pygmo==2.20.0"];
 /// The benchmarks this command knows.
 pub const BENCHES: &[&str] = &["dequant", "convert-memory", "nsga2", "nsga2-scaling"];
 
+/// Runs `cargo <args>` in the repository with extra environment, failing on a non-zero exit.
+fn cargo(root: &Path, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Result<()> {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.args(args).current_dir(root);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let status = command.status().context("cannot run cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// `cargo run --release --quiet -p <package> --example <example> -- <args>`.
+fn run_example(
+    root: &Path,
+    package: &str,
+    example: &str,
+    args: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Result<()> {
+    let mut all = vec![
+        "run",
+        "--release",
+        "--quiet",
+        "-p",
+        package,
+        "--example",
+        example,
+        "--",
+    ];
+    all.extend_from_slice(args);
+    cargo(root, &all, env)
+}
+
 /// Runs benchmark `name`.
 pub fn run(root: &Path, name: &str) -> Result<()> {
     match name {
         "dequant" => {
             let python = bench_python()?;
-            let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .args([
-                    "run",
-                    "--release",
-                    "--quiet",
-                    "-p",
-                    "bitnet-dequant",
-                    "--example",
-                    "bench_dequant",
-                ])
-                .env("PHASE7_BENCH_PYTHON", &python)
-                .current_dir(root)
-                .status()
-                .context("cannot run cargo")?;
-            if !status.success() {
-                bail!("the dequant benchmark failed ({status})");
-            }
-            Ok(())
+            run_example(
+                root,
+                "bitnet-dequant",
+                "bench_dequant",
+                &[],
+                &[("PHASE7_BENCH_PYTHON", python.as_os_str())],
+            )
         }
         "convert-memory" => convert_memory(root),
         "nsga2" => nsga2(root),
-        "nsga2-scaling" => {
-            let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .args([
-                    "run",
-                    "--release",
-                    "--quiet",
-                    "-p",
-                    "nsga2",
-                    "--example",
-                    "bench_scaling",
-                ])
-                .current_dir(root)
-                .status()
-                .context("cannot run cargo")?;
-            if !status.success() {
-                bail!("the scaling benchmark failed ({status})");
-            }
-            Ok(())
-        }
+        "nsga2-scaling" => run_example(root, "nsga2", "bench_scaling", &[], &[]),
         other => bail!("unknown benchmark `{other}`; known: {}", BENCHES.join(", ")),
     }
 }
@@ -164,9 +171,9 @@ fn convert_memory(root: &Path) -> Result<()> {
             "/usr/bin/time is needed to measure peak memory (Debian/Ubuntu: apt-get install time)"
         );
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(&cargo)
-        .args([
+    cargo(
+        root,
+        &[
             "build",
             "--release",
             "--quiet",
@@ -174,14 +181,11 @@ fn convert_memory(root: &Path) -> Result<()> {
             "bitnet-dequant",
             "--bin",
             "bitnet-dequant",
-        ])
-        .args(["--example", "synthetic_checkpoint"])
-        .current_dir(root)
-        .status()
-        .context("cannot run cargo")?;
-    if !status.success() {
-        bail!("building bitnet-dequant failed ({status})");
-    }
+            "--example",
+            "synthetic_checkpoint",
+        ],
+        &[],
+    )?;
     let release = root.join("target").join("release");
     let scratch = std::env::temp_dir().join(format!("convert-memory-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
@@ -287,27 +291,19 @@ fn nsga2(root: &Path) -> Result<()> {
     if !status.success() {
         bail!("the peers' script failed ({status})");
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let peers_arg = peers.display().to_string();
     let mut result = Ok(());
     for crowding in ["unique", "standard", "pruning"] {
-        let status = Command::new(&cargo)
-            .args([
-                "run",
-                "--release",
-                "--quiet",
-                "-p",
-                "nsga2",
-                "--example",
-                "bench_zdt",
-                "--",
-            ])
-            .args(["--seeds", seeds.as_str(), "--crowding", crowding, "--peers"])
-            .arg(&peers)
-            .current_dir(root)
-            .status()
-            .context("cannot run cargo")?;
-        if !status.success() {
-            result = Err(anyhow::anyhow!("bench_zdt failed ({status})"));
+        let args = [
+            "--seeds",
+            seeds.as_str(),
+            "--crowding",
+            crowding,
+            "--peers",
+            peers_arg.as_str(),
+        ];
+        if let Err(error) = run_example(root, "nsga2", "bench_zdt", &args, &[]) {
+            result = Err(error);
         }
     }
     let _ = std::fs::remove_file(&peers);
