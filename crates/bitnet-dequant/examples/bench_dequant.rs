@@ -135,6 +135,11 @@ fn main() {
             if exact { "exact" } else { "WRONG" }
         );
     }
+    if let Some(times) = &numpy
+        && times["consistent"] != serde_json::Value::Bool(true)
+    {
+        println!("WARNING: the numpy paths did not all decode the same tensor");
+    }
     if numpy.is_none() {
         println!(
             "numpy columns need a Python with numpy and gguf in $PHASE7_BENCH_PYTHON \
