@@ -1,5 +1,7 @@
 //! The crate's error type.
 
+use std::path::PathBuf;
+
 /// Errors of the `lm` crate.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -28,6 +30,41 @@ pub enum Error {
         /// How many devices libtorch sees.
         count: usize,
     },
+    /// A file that cannot be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// A `config.json` the crate cannot run.
+    #[error("{path}: {message}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and what is supported.
+        message: String,
+    },
+    /// A weight that is missing, unexpected or mis-shaped.
+    #[error("{path}: tensor `{tensor}`: {message}")]
+    Weights {
+        /// The checkpoint.
+        path: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Reading the checkpoint failed (format, packing, scales).
+    #[error(transparent)]
+    Checkpoint(#[from] bitnet_dequant::Error),
+    /// libtorch reported an error.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    /// Inputs of the wrong shape or kind.
+    #[error("{0}")]
+    Input(String),
 }
 
 /// `Result` with this crate's [`Error`].

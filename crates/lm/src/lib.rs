@@ -19,7 +19,11 @@
 //! ```
 #![doc(test(attr(deny(warnings))))]
 
+pub mod config;
 pub mod device;
 mod error;
+pub mod model;
 
+pub use config::{Architecture, ModelConfig};
 pub use error::{Error, Result};
+pub use model::{CausalLm, KvCache, Linear, LinearAdapter};

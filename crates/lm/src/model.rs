@@ -1,0 +1,590 @@
+//! The decoder-only transformer shared by Llama, Qwen2, Mistral and BitNet.
+//!
+//! Weights come from a Hugging Face checkpoint through `bitnet-dequant`, so a BitNet
+//! checkpoint (packed or online) loads exactly like a float one: its linear layers get
+//! dequantized weights (`code * scale`) and are marked BitLinear, which quantizes their
+//! input activations to 8 bits per token (absmax), as transformers' BitNet layers do.
+//! That quantization can be switched off to get the plain float forward (R2's
+//! comparison).
+
+use std::path::{Path, PathBuf};
+
+use bitnet_dequant::Checkpoint;
+use tch::{Device, Kind, Tensor};
+
+use crate::config::{Activation, Architecture, ModelConfig};
+use crate::{Error, Result};
+
+/// Replaces a linear layer's forward (SVF supplies a factorized forward or merged
+/// weights through this).
+pub trait LinearAdapter: Send {
+    /// The layer's output for input `x` (already activation-quantized for BitLinear).
+    fn forward(&self, x: &Tensor, layer: &Linear) -> Tensor;
+}
+
+/// A linear layer: `y = x W^T + b`, optionally BitLinear (8-bit absmax activations).
+pub struct Linear {
+    /// Its Hugging Face name, e.g. `model.layers.3.mlp.up_proj`.
+    pub name: String,
+    /// `[out_features, in_features]`.
+    pub weight: Tensor,
+    /// `[out_features]`, if any.
+    pub bias: Option<Tensor>,
+    /// Whether this is a BitLinear layer (its input is quantized when the model's
+    /// activation quantization is on).
+    pub bitlinear: bool,
+    adapter: Option<Box<dyn LinearAdapter>>,
+}
+
+impl Linear {
+    /// Installs an adapter that replaces the forward; returns the previous one.
+    pub fn set_adapter(
+        &mut self,
+        adapter: Option<Box<dyn LinearAdapter>>,
+    ) -> Option<Box<dyn LinearAdapter>> {
+        std::mem::replace(&mut self.adapter, adapter)
+    }
+
+    fn forward(&self, x: &Tensor, quantize: bool) -> Tensor {
+        let input = if self.bitlinear && quantize {
+            quantize_activations(x)
+        } else {
+            x.shallow_clone()
+        };
+        match &self.adapter {
+            Some(adapter) => adapter.forward(&input, self),
+            None => input.linear(&self.weight, self.bias.as_ref()),
+        }
+    }
+}
+
+/// transformers' BitNet activation quantization: per token (last dimension),
+/// `s = 127 / max(|x|, 1e-5)`, `round(x * s).clamp(-128, 127) / s`.
+pub fn quantize_activations(x: &Tensor) -> Tensor {
+    let scale = 127.0 / x.abs().amax([-1i64].as_slice(), true).clamp_min(1e-5);
+    (x * &scale).round().clamp(-128.0, 127.0) / scale
+}
+
+struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        let x32 = x.to_kind(Kind::Float);
+        let variance = x32
+            .pow_tensor_scalar(2)
+            .mean_dim([-1i64].as_slice(), true, Kind::Float);
+        let normed = x32 * (variance + self.eps).rsqrt();
+        &self.weight * normed.to_kind(kind)
+    }
+}
+
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    sub_norm: Option<RmsNorm>,
+}
+
+struct Mlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    sub_norm: Option<RmsNorm>,
+}
+
+struct Block {
+    input_norm: RmsNorm,
+    attention: Attention,
+    post_attention_norm: RmsNorm,
+    mlp: Mlp,
+}
+
+/// Keys and values of earlier positions, per layer, for incremental decoding.
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    /// `[batch, positions so far]`: 1 for real tokens, 0 for padding.
+    mask: Option<Tensor>,
+}
+
+impl KvCache {
+    /// Number of positions cached.
+    pub fn len(&self) -> i64 {
+        self.mask.as_ref().map_or(0, |m| m.size()[1])
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A causal language model.
+pub struct CausalLm {
+    config: ModelConfig,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Tensor,
+    inv_freq: Tensor,
+    device: Device,
+    kind: Kind,
+    quantize_activations: bool,
+}
+
+impl CausalLm {
+    /// Loads `config.json` and the weights of a Hugging Face checkpoint folder onto
+    /// `device` as `kind` (`Float`, `BFloat16` or `Half`).
+    pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
+        crate::device::runtime();
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let checkpoint = Checkpoint::open(dir)?;
+        let mut loader = Loader {
+            checkpoint: &checkpoint,
+            path: dir.to_path_buf(),
+            device,
+            kind,
+            used: Vec::new(),
+        };
+        let model = Self::build(config, &mut loader)?;
+        loader.check_all_used()?;
+        Ok(model)
+    }
+
+    fn build(config: ModelConfig, loader: &mut Loader<'_>) -> Result<Self> {
+        let h = config.hidden_size as i64;
+        let i = config.intermediate_size as i64;
+        let d = config.head_dim as i64;
+        let heads = config.num_attention_heads as i64;
+        let kv = config.num_key_value_heads as i64;
+        let bitnet = config.architecture == Architecture::BitNet;
+        let embed = loader.tensor("model.embed_tokens.weight", &[config.vocab_size as i64, h])?;
+        let norm = |loader: &mut Loader<'_>, name: String, size: i64| -> Result<RmsNorm> {
+            Ok(RmsNorm {
+                weight: loader.tensor(&name, &[size])?,
+                eps: config.rms_norm_eps,
+            })
+        };
+        let mut blocks = Vec::with_capacity(config.num_hidden_layers);
+        for layer in 0..config.num_hidden_layers {
+            let prefix = format!("model.layers.{layer}");
+            let attention = Attention {
+                q: loader.linear(
+                    &format!("{prefix}.self_attn.q_proj"),
+                    heads * d,
+                    h,
+                    config.qkv_bias,
+                    bitnet,
+                )?,
+                k: loader.linear(
+                    &format!("{prefix}.self_attn.k_proj"),
+                    kv * d,
+                    h,
+                    config.qkv_bias,
+                    bitnet,
+                )?,
+                v: loader.linear(
+                    &format!("{prefix}.self_attn.v_proj"),
+                    kv * d,
+                    h,
+                    config.qkv_bias,
+                    bitnet,
+                )?,
+                o: loader.linear(
+                    &format!("{prefix}.self_attn.o_proj"),
+                    h,
+                    heads * d,
+                    config.o_bias,
+                    bitnet,
+                )?,
+                sub_norm: if bitnet {
+                    Some(norm(
+                        loader,
+                        format!("{prefix}.self_attn.attn_sub_norm.weight"),
+                        heads * d,
+                    )?)
+                } else {
+                    None
+                },
+            };
+            let mlp = Mlp {
+                gate: loader.linear(
+                    &format!("{prefix}.mlp.gate_proj"),
+                    i,
+                    h,
+                    config.mlp_bias,
+                    bitnet,
+                )?,
+                up: loader.linear(
+                    &format!("{prefix}.mlp.up_proj"),
+                    i,
+                    h,
+                    config.mlp_bias,
+                    bitnet,
+                )?,
+                down: loader.linear(
+                    &format!("{prefix}.mlp.down_proj"),
+                    h,
+                    i,
+                    config.mlp_bias,
+                    bitnet,
+                )?,
+                sub_norm: if bitnet {
+                    Some(norm(
+                        loader,
+                        format!("{prefix}.mlp.ffn_sub_norm.weight"),
+                        i,
+                    )?)
+                } else {
+                    None
+                },
+            };
+            blocks.push(Block {
+                input_norm: norm(loader, format!("{prefix}.input_layernorm.weight"), h)?,
+                attention,
+                post_attention_norm: norm(
+                    loader,
+                    format!("{prefix}.post_attention_layernorm.weight"),
+                    h,
+                )?,
+                mlp,
+            });
+        }
+        let final_norm = norm(loader, "model.norm.weight".into(), h)?;
+        let lm_head = if config.tie_word_embeddings && !loader.has("lm_head.weight") {
+            embed.shallow_clone()
+        } else {
+            loader.tensor("lm_head.weight", &[config.vocab_size as i64, h])?
+        };
+        let inv_freq = Tensor::from_slice(&inverse_frequencies(&config)).to_device(loader.device);
+        Ok(Self {
+            embed,
+            blocks,
+            norm: final_norm,
+            lm_head,
+            inv_freq,
+            device: loader.device,
+            kind: loader.kind,
+            quantize_activations: bitnet,
+            config,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Where the weights live.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The weights' element type.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Switches BitLinear activation quantization (on by default for BitNet models).
+    pub fn set_activation_quantization(&mut self, on: bool) {
+        self.quantize_activations = on;
+    }
+
+    /// Every linear layer, by its Hugging Face name, in layer order.
+    pub fn linear_layers_mut(&mut self) -> Vec<&mut Linear> {
+        let mut layers = Vec::new();
+        for block in &mut self.blocks {
+            let a = &mut block.attention;
+            layers.extend([&mut a.q, &mut a.k, &mut a.v, &mut a.o]);
+            let m = &mut block.mlp;
+            layers.extend([&mut m.gate, &mut m.up, &mut m.down]);
+        }
+        layers
+    }
+
+    /// A fresh cache for incremental decoding.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache {
+            layers: (0..self.blocks.len()).map(|_| None).collect(),
+            mask: None,
+        }
+    }
+
+    /// Logits `[batch, new positions, vocab]` (f32) for `input_ids` `[batch, new
+    /// positions]` (int64). `attention_mask` (`[batch, new positions]`, 1 for tokens, 0
+    /// for left padding) defaults to all ones. With a cache, earlier positions are taken
+    /// from it and the new ones appended.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let size = input_ids.size();
+        let [batch, new] = size[..] else {
+            return Err(Error::Input(format!(
+                "input_ids has shape {size:?}, expected [batch, positions]"
+            )));
+        };
+        let input_ids = input_ids.to_device(self.device);
+        let new_mask = match attention_mask {
+            Some(mask) => {
+                if mask.size() != size {
+                    return Err(Error::Input(format!(
+                        "attention_mask has shape {:?}, input_ids {size:?}",
+                        mask.size()
+                    )));
+                }
+                mask.to_device(self.device).to_kind(Kind::Int64)
+            }
+            None => Tensor::ones([batch, new], (Kind::Int64, self.device)),
+        };
+        let mut cache = cache;
+        let full_mask = match cache.as_deref().and_then(|c| c.mask.as_ref()) {
+            Some(previous) => Tensor::cat(&[previous, &new_mask], 1),
+            None => new_mask.shallow_clone(),
+        };
+        let past = full_mask.size()[1] - new;
+        // Positions count real tokens only, so left padding does not shift them.
+        let positions = (full_mask.cumsum(1, Kind::Int64) - 1)
+            .clamp_min(0)
+            .narrow(1, past, new);
+        let (cos, sin) = self.rotary(&positions);
+        let bias = self.attention_bias(&full_mask, &positions, past);
+
+        let mut hidden = Tensor::embedding(&self.embed, &input_ids, -1, false, false);
+        for (index, block) in self.blocks.iter().enumerate() {
+            let residual = hidden.shallow_clone();
+            let x = block.input_norm.forward(&hidden);
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[index]);
+            let attended = self.attention(&block.attention, &x, &cos, &sin, &bias, layer_cache);
+            hidden = residual + attended;
+            let residual = hidden.shallow_clone();
+            let x = block.post_attention_norm.forward(&hidden);
+            hidden = residual + self.mlp(&block.mlp, &x);
+        }
+        if let Some(cache) = cache {
+            cache.mask = Some(full_mask);
+        }
+        let hidden = self.norm.forward(&hidden);
+        Ok(hidden.matmul(&self.lm_head.tr()).to_kind(Kind::Float))
+    }
+
+    fn rotary(&self, positions: &Tensor) -> (Tensor, Tensor) {
+        // [batch, new, head_dim / 2] -> [batch, 1, new, head_dim]
+        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * self.inv_freq.view([1, 1, -1]);
+        let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
+        (emb.cos().to_kind(self.kind), emb.sin().to_kind(self.kind))
+    }
+
+    /// Additive bias `[batch, 1, new, total]`: 0 where a query may attend, a large
+    /// negative number elsewhere (future positions, padding, outside the sliding window).
+    fn attention_bias(&self, full_mask: &Tensor, positions: &Tensor, past: i64) -> Tensor {
+        let total = full_mask.size()[1];
+        let new = positions.size()[1];
+        let query_index =
+            Tensor::arange_start(past, past + new, (Kind::Int64, self.device)).view([1, 1, new, 1]);
+        let key_index = Tensor::arange(total, (Kind::Int64, self.device)).view([1, 1, 1, total]);
+        let mut allowed = key_index
+            .le_tensor(&query_index)
+            .logical_and(&full_mask.view([-1, 1, 1, total]).eq(1));
+        if let Some(window) = self.config.sliding_window {
+            let key_positions = (full_mask.cumsum(1, Kind::Int64) - 1).view([-1, 1, 1, total]);
+            let query_positions = positions.view([-1, 1, new, 1]);
+            allowed = allowed.logical_and(&(query_positions - key_positions).lt(window as i64));
+        }
+        Tensor::zeros(allowed.size(), (Kind::Float, self.device))
+            .masked_fill(&allowed.logical_not(), f64::from(f32::MIN))
+    }
+
+    fn attention(
+        &self,
+        attention: &Attention,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        bias: &Tensor,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Tensor {
+        let quantize = self.quantize_activations;
+        let (batch, new) = (x.size()[0], x.size()[1]);
+        let heads = self.config.num_attention_heads as i64;
+        let kv_heads = self.config.num_key_value_heads as i64;
+        let d = self.config.head_dim as i64;
+        let shape = |t: Tensor, n: i64| t.view([batch, new, n, d]).transpose(1, 2);
+        let q = rope(&shape(attention.q.forward(x, quantize), heads), cos, sin);
+        let mut k = rope(&shape(attention.k.forward(x, quantize), kv_heads), cos, sin);
+        let mut v = shape(attention.v.forward(x, quantize), kv_heads);
+        if let Some(slot) = cache {
+            if let Some((past_k, past_v)) = slot.as_ref() {
+                k = Tensor::cat(&[past_k, &k], 2);
+                v = Tensor::cat(&[past_v, &v], 2);
+            }
+            *slot = Some((k.shallow_clone(), v.shallow_clone()));
+        }
+        let repeat = heads / kv_heads;
+        let (k, v) = if repeat > 1 {
+            let expand = |t: &Tensor| {
+                let s = t.size();
+                t.unsqueeze(2)
+                    .expand([s[0], s[1], repeat, s[2], s[3]], false)
+                    .reshape([s[0], s[1] * repeat, s[2], s[3]])
+            };
+            (expand(&k), expand(&v))
+        } else {
+            (k, v)
+        };
+        let scores =
+            q.matmul(&k.transpose(2, 3)).to_kind(Kind::Float) * (1.0 / (d as f64).sqrt()) + bias;
+        let weights = scores.softmax(-1, Kind::Float).to_kind(self.kind);
+        let out = weights
+            .matmul(&v)
+            .transpose(1, 2)
+            .reshape([batch, new, heads * d]);
+        let out = match &attention.sub_norm {
+            Some(norm) => norm.forward(&out),
+            None => out,
+        };
+        attention.o.forward(&out, quantize)
+    }
+
+    fn mlp(&self, mlp: &Mlp, x: &Tensor) -> Tensor {
+        let quantize = self.quantize_activations;
+        let gate = mlp.gate.forward(x, quantize);
+        let activated = match self.config.activation {
+            Activation::Silu => gate.silu(),
+            Activation::Relu2 => gate.relu().square(),
+        };
+        let inner = activated * mlp.up.forward(x, quantize);
+        let inner = match &mlp.sub_norm {
+            Some(norm) => norm.forward(&inner),
+            None => inner,
+        };
+        mlp.down.forward(&inner, quantize)
+    }
+}
+
+/// RoPE in transformers' "rotate half" convention.
+fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    let half = x.size()[3] / 2;
+    let (x1, x2) = (x.narrow(3, 0, half), x.narrow(3, half, half));
+    let rotated = Tensor::cat(&[&(-&x2), &x1], 3);
+    x * cos + rotated * sin
+}
+
+/// RoPE inverse frequencies, with Llama 3 scaling when configured (transformers'
+/// `_compute_llama3_parameters`).
+fn inverse_frequencies(config: &ModelConfig) -> Vec<f32> {
+    let dim = config.head_dim;
+    let base: Vec<f64> = (0..dim / 2)
+        .map(|i| 1.0 / config.rope_theta.powf((2 * i) as f64 / dim as f64))
+        .collect();
+    let Some(scaling) = config.rope_scaling else {
+        return base.iter().map(|&f| f as f32).collect();
+    };
+    let low_wavelen = scaling.original_max_position_embeddings / scaling.low_freq_factor;
+    let high_wavelen = scaling.original_max_position_embeddings / scaling.high_freq_factor;
+    base.iter()
+        .map(|&f| {
+            let wavelen = 2.0 * std::f64::consts::PI / f;
+            let scaled = if wavelen > low_wavelen {
+                f / scaling.factor
+            } else {
+                f
+            };
+            // Finite wavelengths: "not below high and not above low" is a closed range.
+            let medium = (high_wavelen..=low_wavelen).contains(&wavelen);
+            let value = if medium {
+                let smooth = (scaling.original_max_position_embeddings / wavelen
+                    - scaling.low_freq_factor)
+                    / (scaling.high_freq_factor - scaling.low_freq_factor);
+                (1.0 - smooth) * scaled / scaling.factor + smooth * scaled
+            } else {
+                scaled
+            };
+            value as f32
+        })
+        .collect()
+}
+
+struct Loader<'a> {
+    checkpoint: &'a Checkpoint,
+    path: PathBuf,
+    device: Device,
+    kind: Kind,
+    used: Vec<String>,
+}
+
+impl Loader<'_> {
+    fn has(&self, name: &str) -> bool {
+        self.checkpoint.tensor(name).is_ok()
+    }
+
+    fn tensor(&mut self, name: &str, shape: &[i64]) -> Result<Tensor> {
+        let info = self.checkpoint.tensor(name).map_err(|_| Error::Weights {
+            path: self.path.clone(),
+            tensor: name.to_owned(),
+            message: "is missing from the checkpoint".into(),
+        })?;
+        let found: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
+        if found != shape {
+            return Err(Error::Weights {
+                path: self.path.clone(),
+                tensor: name.to_owned(),
+                message: format!("has shape {found:?}, the config implies {shape:?}"),
+            });
+        }
+        let mut values = vec![0f32; info.numel()];
+        self.checkpoint.dequantize_into(name, &mut values, true)?;
+        self.used.push(name.to_owned());
+        Ok(Tensor::from_slice(&values)
+            .reshape(shape)
+            .to_kind(self.kind)
+            .to_device(self.device))
+    }
+
+    fn linear(
+        &mut self,
+        name: &str,
+        out: i64,
+        input: i64,
+        bias: bool,
+        bitlinear: bool,
+    ) -> Result<Linear> {
+        let weight = self.tensor(&format!("{name}.weight"), &[out, input])?;
+        let bias = if bias {
+            Some(self.tensor(&format!("{name}.bias"), &[out])?)
+        } else {
+            None
+        };
+        Ok(Linear {
+            name: name.to_owned(),
+            weight,
+            bias,
+            bitlinear,
+            adapter: None,
+        })
+    }
+
+    /// Every tensor of the checkpoint must have been used (`lm_head` may be absent or
+    /// tied; `rotary_emb.inv_freq` buffers are recomputed).
+    fn check_all_used(&self) -> Result<()> {
+        for info in self.checkpoint.tensors() {
+            let name = &info.name;
+            if self.used.iter().any(|u| u == name) || name.ends_with("rotary_emb.inv_freq") {
+                continue;
+            }
+            return Err(Error::Weights {
+                path: self.path.clone(),
+                tensor: name.clone(),
+                message: "is in the checkpoint but not part of the model the config describes"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+}
