@@ -22,8 +22,10 @@
 pub mod config;
 pub mod device;
 mod error;
+pub mod generate;
 pub mod model;
 
 pub use config::{Architecture, ModelConfig};
 pub use error::{Error, Result};
+pub use generate::{Finish, GenerateConfig, Generated, Sampling, Score};
 pub use model::{CausalLm, KvCache, Linear, LinearAdapter};
