@@ -24,8 +24,10 @@ pub mod device;
 mod error;
 pub mod generate;
 pub mod model;
+pub mod tokenizer;
 
 pub use config::{Architecture, ModelConfig};
 pub use error::{Error, Result};
 pub use generate::{Finish, GenerateConfig, Generated, Sampling, Score};
 pub use model::{CausalLm, KvCache, Linear, LinearAdapter};
+pub use tokenizer::Tokenizer;
