@@ -152,6 +152,63 @@ impl CausalLm {
         prompts: &[Vec<i64>],
         config: &GenerateConfig,
     ) -> Result<Vec<Generated>> {
+        self.generate_until(prompts, config, &|_, _| false)
+    }
+
+    /// Continues prompts and decodes the results; a sequence also stops as soon as its
+    /// text contains one of `stop_strings` (the text is cut before it).
+    pub fn generate_text(
+        &self,
+        tokenizer: &crate::Tokenizer,
+        prompts: &[&str],
+        config: &GenerateConfig,
+        stop_strings: &[String],
+    ) -> Result<Vec<(String, Generated)>> {
+        let encoded: Vec<Vec<i64>> = prompts
+            .iter()
+            .map(|p| tokenizer.encode(p, true))
+            .collect::<Result<_>>()?;
+        let config = GenerateConfig {
+            stop_tokens: Some(
+                config
+                    .stop_tokens
+                    .clone()
+                    .unwrap_or_else(|| tokenizer.eos.clone()),
+            ),
+            ..config.clone()
+        };
+        let contains_stop = |tokens: &[i64]| -> bool {
+            !stop_strings.is_empty()
+                && tokenizer
+                    .decode(tokens, true)
+                    .is_ok_and(|text| stop_strings.iter().any(|s| text.contains(s.as_str())))
+        };
+        let generated =
+            self.generate_until(&encoded, &config, &|_, tokens| contains_stop(tokens))?;
+        generated
+            .into_iter()
+            .map(|g| {
+                let mut text = tokenizer.decode(&g.tokens, true)?;
+                if let Some(cut) = stop_strings
+                    .iter()
+                    .filter_map(|s| text.find(s.as_str()))
+                    .min()
+                {
+                    text.truncate(cut);
+                }
+                Ok((text, g))
+            })
+            .collect()
+    }
+
+    /// [`CausalLm::generate`] with an extra stop rule: `should_stop(row, new tokens)` is
+    /// asked after every token; `true` ends that sequence with [`Finish::Stop`].
+    pub fn generate_until(
+        &self,
+        prompts: &[Vec<i64>],
+        config: &GenerateConfig,
+        should_stop: &dyn Fn(usize, &[i64]) -> bool,
+    ) -> Result<Vec<Generated>> {
         self.check_ids(prompts)?;
         if let Sampling::Temperature { temperature, top_p } = config.sampling
             && !(temperature > 0.0 && top_p > 0.0 && top_p <= 1.0)
@@ -190,7 +247,7 @@ impl CausalLm {
                 let (token, log_prob) = choose(&row_logits, config.sampling, &mut sampler);
                 generated.tokens.push(token);
                 generated.log_probs.push(log_prob);
-                if stop.contains(&token) {
+                if stop.contains(&token) || should_stop(row, &generated.tokens) {
                     generated.finish = Finish::Stop;
                     done[row] = true;
                 }
@@ -250,6 +307,34 @@ impl CausalLm {
             });
         }
         Ok(scores)
+    }
+}
+
+/// Mean next-token cross-entropy of `logits` (`[batch, positions, vocab]`) against
+/// `input_ids` shifted by one, over positions where both the token and its successor
+/// are real (`attention_mask` 1; all positions when `None`). Differentiable.
+pub fn next_token_loss(
+    logits: &Tensor,
+    input_ids: &Tensor,
+    attention_mask: Option<&Tensor>,
+) -> Tensor {
+    let positions = logits.size()[1];
+    let predictions = logits.narrow(1, 0, positions - 1);
+    let targets = input_ids
+        .narrow(1, 1, positions - 1)
+        .to_device(logits.device());
+    let log_probs = predictions.log_softmax(-1, Kind::Float);
+    let picked = -log_probs
+        .gather(-1, &targets.unsqueeze(-1), false)
+        .squeeze_dim(-1);
+    match attention_mask {
+        Some(mask) => {
+            // A position counts when both the predicting token and its target are real.
+            let mask = mask.to_device(logits.device()).to_kind(Kind::Float);
+            let weights = mask.narrow(1, 1, positions - 1) * mask.narrow(1, 0, positions - 1);
+            (picked * &weights).sum(Kind::Float) / weights.sum(Kind::Float).clamp_min(1.0)
+        }
+        None => picked.mean(Kind::Float),
     }
 }
 

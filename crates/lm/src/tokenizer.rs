@@ -27,17 +27,22 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
         path: path.to_path_buf(),
         source,
     })?;
-    serde_json::from_str(&text).map(Some).map_err(|e| Error::Config {
-        path: path.to_path_buf(),
-        message: format!("invalid JSON: {e}"),
-    })
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            message: format!("invalid JSON: {e}"),
+        })
 }
 
 /// A special token in `tokenizer_config.json`: a string or `{"content": ...}`.
 fn token_text(value: Option<&Value>) -> Option<String> {
     match value? {
         Value::String(s) => Some(s.clone()),
-        Value::Object(map) => map.get("content").and_then(Value::as_str).map(str::to_owned),
+        Value::Object(map) => map
+            .get("content")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
         _ => None,
     }
 }
@@ -67,7 +72,8 @@ impl Tokenizer {
             path: path.clone(),
             message: format!("not a usable tokenizer: {e}"),
         })?;
-        let tokenizer_config = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
+        let tokenizer_config =
+            read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
         let config = read_json(&dir.join("config.json"))?.unwrap_or(Value::Null);
         let generation = read_json(&dir.join("generation_config.json"))?.unwrap_or(Value::Null);
         let id_of = |key: &str| {
@@ -75,7 +81,10 @@ impl Tokenizer {
                 .and_then(|text| inner.token_to_id(&text))
                 .map(i64::from)
         };
-        let bos = config.get("bos_token_id").and_then(Value::as_i64).or_else(|| id_of("bos_token"));
+        let bos = config
+            .get("bos_token_id")
+            .and_then(Value::as_i64)
+            .or_else(|| id_of("bos_token"));
         let mut eos = ids(generation.get("eos_token_id"));
         if eos.is_empty() {
             eos = ids(config.get("eos_token_id"));
@@ -83,7 +92,10 @@ impl Tokenizer {
         if eos.is_empty() {
             eos = id_of("eos_token").into_iter().collect();
         }
-        let pad = config.get("pad_token_id").and_then(Value::as_i64).or_else(|| id_of("pad_token"));
+        let pad = config
+            .get("pad_token_id")
+            .and_then(Value::as_i64)
+            .or_else(|| id_of("pad_token"));
         let add_bos = tokenizer_config
             .get("add_bos_token")
             .and_then(Value::as_bool)
@@ -119,7 +131,9 @@ impl Tokenizer {
     pub fn decode(&self, ids: &[i64], skip_special: bool) -> Result<String> {
         let ids: Vec<u32> = ids
             .iter()
-            .map(|&i| u32::try_from(i).map_err(|_| Error::Input(format!("token id {i} is negative"))))
+            .map(|&i| {
+                u32::try_from(i).map_err(|_| Error::Input(format!("token id {i} is negative")))
+            })
             .collect::<Result<_>>()?;
         self.inner
             .decode(&ids, skip_special)
@@ -145,20 +159,33 @@ mod tests {
         let tokenizer = Tokenizer::from_dir(&fixture()).unwrap();
         assert_eq!((tokenizer.bos, tokenizer.pad), (Some(1), Some(0)));
         assert_eq!(tokenizer.eos, vec![2]);
-        let expected: Value =
-            serde_json::from_str(&std::fs::read_to_string(fixture().join("expected.json")).unwrap()).unwrap();
+        let expected: Value = serde_json::from_str(
+            &std::fs::read_to_string(fixture().join("expected.json")).unwrap(),
+        )
+        .unwrap();
         for case in expected.as_array().unwrap() {
             let text = case["text"].as_str().unwrap();
-            let ids: Vec<i64> = case["ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+            let ids: Vec<i64> = case["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap())
+                .collect();
             assert_eq!(tokenizer.encode(text, true).unwrap(), ids, "{text}");
             assert_eq!(tokenizer.encode(text, false).unwrap(), ids[1..], "{text}");
-            assert_eq!(tokenizer.decode(&ids, true).unwrap(), case["decoded"].as_str().unwrap());
+            assert_eq!(
+                tokenizer.decode(&ids, true).unwrap(),
+                case["decoded"].as_str().unwrap()
+            );
         }
     }
 
     #[test]
     fn a_missing_tokenizer_names_the_file() {
-        let message = Tokenizer::from_dir(Path::new("/nonexistent")).err().unwrap().to_string();
+        let message = Tokenizer::from_dir(Path::new("/nonexistent"))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(message.contains("/nonexistent/tokenizer.json"), "{message}");
     }
 }

@@ -147,3 +147,66 @@ fn bad_inputs_are_errors() {
     };
     assert!(model.generate(&prompts(), &bad).is_err());
 }
+
+#[test]
+fn text_generation_stops_at_stop_strings() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama");
+    let model = CausalLm::load(&dir, Device::Cpu, Kind::Float).unwrap();
+    let tokenizer = lm::Tokenizer::from_dir(&dir).unwrap();
+    let config = GenerateConfig {
+        max_new_tokens: 10,
+        stop_tokens: Some(Vec::new()),
+        ..GenerateConfig::default()
+    };
+    let free = model
+        .generate_text(&tokenizer, &["the cat sat"], &config, &[])
+        .unwrap();
+    let (text, generated) = &free[0];
+    assert_eq!(generated.tokens.len(), 10);
+    assert!(!text.is_empty());
+    // Stop at a piece of what it produced unconstrained: the text ends before it.
+    let piece: String = text
+        .chars()
+        .skip(text.chars().count() / 2)
+        .take(2)
+        .collect();
+    let stopped = model
+        .generate_text(
+            &tokenizer,
+            &["the cat sat"],
+            &config,
+            std::slice::from_ref(&piece),
+        )
+        .unwrap();
+    let (stopped_text, stopped_generated) = &stopped[0];
+    assert_eq!(stopped_generated.finish, Finish::Stop);
+    assert!(stopped_generated.tokens.len() < 10);
+    assert!(
+        !stopped_text.contains(&piece) && text.starts_with(stopped_text.as_str()),
+        "{text:?} / {stopped_text:?} / {piece:?}"
+    );
+}
+
+#[test]
+fn the_loss_is_differentiable_and_masks_padding() {
+    let model = model("llama");
+    let (ids, mask) = (
+        tch::Tensor::from_slice(&[0i64, 0, 5, 9, 14, 3]).view([1, 6]),
+        tch::Tensor::from_slice(&[0i64, 0, 1, 1, 1, 1]).view([1, 6]),
+    );
+    let logits = model.forward(&ids, Some(&mask), None).unwrap();
+    let loss = lm::next_token_loss(&logits, &ids, Some(&mask));
+    // Equals the mean of the scored completion's negative log-probabilities.
+    let score = &model.score(&[(vec![5], vec![9, 14, 3])]).unwrap()[0];
+    assert!(
+        (loss.double_value(&[]) + score.mean).abs() < 1e-4,
+        "{} vs {}",
+        loss.double_value(&[]),
+        score.mean
+    );
+    // Gradients reach a leaf that takes part in the forward.
+    let scale = tch::Tensor::ones([1], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    let scaled = (&logits * &scale).sum(Kind::Float);
+    scaled.backward();
+    assert!(scale.grad().defined());
+}
