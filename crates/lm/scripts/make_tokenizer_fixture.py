@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A tiny BPE tokenizer (64 tokens, like the parity models' vocabulary) and the ids and
 texts transformers' AutoTokenizer gives for fixed strings: the tokenizer fixture of lm's
-tests. Copies the tokenizer files into the llama fixture so it is a complete model.
+tests. Copies the tokenizer files into the llama and bitnet fixtures so they are complete models.
 
     /tmp/tf/bin/python crates/lm/scripts/make_tokenizer_fixture.py   # same venv as the parity script
 """
@@ -50,7 +50,8 @@ def main():
         })
     (out / "expected.json").write_text(json.dumps(expected, indent=2))
     for name in ["tokenizer.json", "tokenizer_config.json"]:
-        shutil.copy(out / name, FIXTURES / "llama" / name)
+        for model in ["llama", "bitnet"]:
+            shutil.copy(out / name, FIXTURES / model / name)
     print(json.dumps(expected))
 
 

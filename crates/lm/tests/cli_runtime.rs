@@ -51,3 +51,85 @@ fn malformed_device_is_rejected_with_the_accepted_forms() {
     assert!(stderr.contains("invalid device `gpu0`"), "{stderr}");
     assert!(stderr.contains("auto, cpu, cuda or cuda:N"), "{stderr}");
 }
+
+fn fixture(name: &str) -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+#[test]
+fn model_commands_work_end_to_end() {
+    let info = lm(&["info", &fixture("qwen2"), "--device", "cpu"]);
+    assert!(info.status.success(), "{info:?}");
+    let report: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(report["config"]["architecture"], "Qwen2");
+    assert_eq!(report["linear_layers"], 14);
+
+    let generate = lm(&[
+        "generate",
+        &fixture("llama"),
+        "--prompt",
+        "the cat",
+        "--max-new-tokens",
+        "5",
+        "--json",
+    ]);
+    assert!(generate.status.success(), "{generate:?}");
+    let report: serde_json::Value = serde_json::from_slice(&generate.stdout).unwrap();
+    assert_eq!(report["tokens"].as_array().unwrap().len(), 5);
+
+    // The greedy continuation is greedy-exact when scored.
+    let text = report["text"].as_str().unwrap();
+    let score = lm(&[
+        "score",
+        &fixture("llama"),
+        "--prompt",
+        "the cat",
+        "--completion",
+        text,
+    ]);
+    assert!(score.status.success(), "{score:?}");
+
+    let dir = tempfile_dir();
+    let out = dir.join("logits.npy");
+    let logits = lm(&[
+        "logits",
+        &fixture("mistral"),
+        "--ids",
+        "1,5,9,14",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(logits.status.success(), "{logits:?}");
+    let bytes = std::fs::read(&out).unwrap();
+    assert_eq!(&bytes[..6], b"\x93NUMPY");
+    assert!(bytes.len() > 4 * 64 * 4);
+
+    let probe = dir.join("probe.txt");
+    std::fs::write(&probe, "the cat sat on the mat\nwhat is two plus three\n").unwrap();
+    let agreement = lm(&[
+        "agreement",
+        &fixture("bitnet"),
+        "--text",
+        probe.to_str().unwrap(),
+    ]);
+    assert!(agreement.status.success(), "{agreement:?}");
+    let report: serde_json::Value = serde_json::from_slice(&agreement.stdout).unwrap();
+    let top1 = report["top1_agreement"].as_f64().unwrap();
+    assert!((0.5..=1.0).contains(&top1), "{report}");
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let missing = lm(&["info", "/nonexistent/model"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/model/config.json"));
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("lm-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
