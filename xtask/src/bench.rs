@@ -15,7 +15,7 @@ const PEER_PACKAGES: &[&str] = &["gguf==0.19.0", "pymoo==0.6.2"];
 const OPTIONAL_PEER_PACKAGES: &[&str] = &["pygmo==2.20.0"];
 
 /// The benchmarks this command knows.
-pub const BENCHES: &[&str] = &["dequant", "convert-memory", "nsga2", "nsga2-scaling"];
+pub const BENCHES: &[&str] = &["dequant", "convert-memory", "nsga2", "nsga2-scaling", "lm"];
 
 /// Runs `cargo <args>` in the repository with extra environment, failing on a non-zero exit.
 fn cargo(root: &Path, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Result<()> {
@@ -68,6 +68,7 @@ pub fn run(root: &Path, name: &str) -> Result<()> {
         }
         "convert-memory" => convert_memory(root),
         "nsga2" => nsga2(root),
+        "lm" => lm(root),
         "nsga2-scaling" => run_example(root, "nsga2", "bench_scaling", &[], &[]),
         other => bail!("unknown benchmark `{other}`; known: {}", BENCHES.join(", ")),
     }
@@ -76,10 +77,21 @@ pub fn run(root: &Path, name: &str) -> Result<()> {
 /// The venv's python, creating the venv (into a temporary folder, renamed when complete)
 /// if it is missing.
 fn bench_python() -> Result<PathBuf> {
-    let venv = setup::cache_dir("PHASE7_BENCH_VENV", "bench-venv")?;
+    peer_python(
+        "PHASE7_BENCH_VENV",
+        "bench-venv",
+        PEER_PACKAGES,
+        OPTIONAL_PEER_PACKAGES,
+    )
+}
+
+/// The python of a peer virtual environment with `packages` (and, where they install,
+/// `optional`), made once in the cache (`$<env>` overrides its folder).
+fn peer_python(env: &str, name: &str, packages: &[&str], optional: &[&str]) -> Result<PathBuf> {
+    let venv = setup::cache_dir(env, name)?;
     let python = venv.join("bin").join("python");
     let marker = venv.join(".phase7-complete");
-    let wanted = PEER_PACKAGES.join("\n");
+    let wanted = packages.join("\n");
     if python.is_file() && std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted) {
         return Ok(python);
     }
@@ -93,7 +105,7 @@ fn bench_python() -> Result<PathBuf> {
     eprintln!(
         "bench: creating the peer environment {} ({})",
         venv.display(),
-        PEER_PACKAGES.join(", ")
+        packages.join(", ")
     );
     let quiet = |command: &mut Command| -> Result<()> {
         let output = command
@@ -134,7 +146,7 @@ fn bench_python() -> Result<PathBuf> {
             ])
             .args(PEER_PACKAGES),
     )?;
-    for optional in OPTIONAL_PEER_PACKAGES {
+    for optional in optional {
         let installed = Command::new(partial.join("bin").join("python"))
             .args([
                 "-m",
@@ -308,4 +320,41 @@ fn nsga2(root: &Path) -> Result<()> {
     }
     let _ = std::fs::remove_file(&peers);
     result
+}
+
+/// lm against transformers' `generate` (CPU, f32, two threads): transformers runs first
+/// and writes its timings, prompts and outputs; our example then runs the same work.
+fn lm(root: &Path) -> Result<()> {
+    let python = peer_python(
+        "PHASE7_BENCH_TRANSFORMERS_VENV",
+        "bench-venv-transformers",
+        &["torch==2.11.0", "transformers==5.24.0", "safetensors"],
+        &[],
+    )?;
+    let work = setup::cache_dir("PHASE7_BENCH_MODELS", "bench-models")?;
+    std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
+    let peer = work.join("transformers.json");
+    eprintln!(
+        "bench: running transformers (random SmolLM-135M-shaped and tiny models, made once in {})",
+        work.display()
+    );
+    let status = Command::new(&python)
+        .arg(root.join("crates/lm/scripts/bench_transformers.py"))
+        .arg(&work)
+        .arg(&peer)
+        .arg("2")
+        .status()
+        .context("cannot run the transformers script")?;
+    if !status.success() {
+        bail!("the transformers script failed ({status})");
+    }
+    let work_arg = work.display().to_string();
+    let peer_arg = peer.display().to_string();
+    run_example(
+        root,
+        "lm",
+        "bench_generate",
+        &[work_arg.as_str(), peer_arg.as_str()],
+        &[],
+    )
 }

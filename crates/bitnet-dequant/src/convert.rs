@@ -171,6 +171,7 @@ pub fn convert(
             buffer.clear();
             buffer.resize(tensor.numel(), 0.0);
             checkpoint.dequantize_into(&tensor.name, &mut buffer, options.parallel)?;
+            checkpoint.release(&tensor.name);
             let bytes = match options.dtype {
                 OutputDtype::F32 => io::f32_bytes(&buffer),
                 OutputDtype::Bf16 => io::bf16_in_place(&mut buffer),

@@ -545,6 +545,13 @@ impl GgufFile {
         Ok(&self.bytes[self.stored[i].start..self.stored[i].end])
     }
 
+    /// Releases the mapped pages of a tensor once read; see [`Bytes::release`].
+    pub fn release(&self, name: &str) {
+        if let Ok(range) = self.stored_range(name) {
+            self.bytes.release(range);
+        }
+    }
+
     /// Where a tensor's bytes lie in the file (absolute offsets).
     pub fn stored_range(&self, name: &str) -> Result<std::ops::Range<usize>> {
         let i = self.index(name)?;

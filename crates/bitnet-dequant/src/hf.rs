@@ -432,6 +432,19 @@ impl HfCheckpoint {
         }
     }
 
+    /// Releases the mapped pages of a tensor (and of its scale) once read; see
+    /// [`Bytes::release`].
+    pub fn release(&self, name: &str) {
+        for key in [name.to_owned(), format!("{name}_scale")] {
+            if let Some(location) = self.locations.get(&key) {
+                let shard = &self.shards[location.shard];
+                shard.bytes.release(
+                    shard.data_start + location.range.0..shard.data_start + location.range.1,
+                );
+            }
+        }
+    }
+
     /// The file a tensor lives in.
     pub fn file_of(&self, name: &str) -> Option<&Path> {
         self.locations

@@ -27,6 +27,30 @@ impl Deref for Bytes {
     }
 }
 
+impl Bytes {
+    /// Tells the kernel the pages of `range` are not needed for now, so a reader that
+    /// goes through a large file tensor by tensor does not keep the whole file resident.
+    /// The bytes stay readable (they are read from the file again when touched).
+    /// Does nothing for owned bytes.
+    pub fn release(&self, range: std::ops::Range<usize>) {
+        let Self::Mapped(map) = self else {
+            return;
+        };
+        const PAGE: usize = 4096;
+        let base = map.as_ptr() as usize;
+        // Whole pages inside the range only: neighbours may still be in use.
+        let start = (base + range.start).div_ceil(PAGE) * PAGE - base;
+        let end = ((base + range.end.min(map.len())) / PAGE * PAGE).saturating_sub(base);
+        if end > start {
+            // SAFETY: the map is read-only and file-backed; dropping its pages loses no
+            // data (they are faulted in again from the file), so live slices stay valid.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
+    }
+}
+
 /// Maps a file read-only.
 pub fn map_file(path: &Path) -> Result<Bytes> {
     let file = File::open(path).map_err(|e| Error::io(path, "cannot open", e))?;

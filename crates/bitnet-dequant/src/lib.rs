@@ -181,6 +181,15 @@ impl Checkpoint {
         }
     }
 
+    /// Releases a tensor's mapped pages once it has been read (a hint: the bytes stay
+    /// readable), so reading a checkpoint tensor by tensor keeps little of it resident.
+    pub fn release(&self, name: &str) {
+        match self {
+            Self::Hf(hf) => hf.release(name),
+            Self::Gguf(file) => file.release(name),
+        }
+    }
+
     /// Total elements over all tensors.
     pub fn parameter_count(&self) -> usize {
         self.tensors().iter().map(TensorInfo::numel).sum()

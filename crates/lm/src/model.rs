@@ -538,13 +538,16 @@ impl Loader<'_> {
                 message: format!("has shape {found:?}, the config implies {shape:?}"),
             });
         }
-        let mut values = vec![0f32; info.numel()];
-        self.checkpoint.dequantize_into(name, &mut values, true)?;
+        // Decode straight into the tensor's memory: no second copy of the weights.
+        let tensor = Tensor::empty(shape, (Kind::Float, Device::Cpu));
+        let numel = info.numel();
+        // SAFETY: a new contiguous f32 tensor of `numel` elements, not shared yet.
+        let values =
+            unsafe { std::slice::from_raw_parts_mut(tensor.data_ptr().cast::<f32>(), numel) };
+        self.checkpoint.dequantize_into(name, values, true)?;
+        self.checkpoint.release(name);
         self.used.push(name.to_owned());
-        Ok(Tensor::from_slice(&values)
-            .reshape(shape)
-            .to_kind(self.kind)
-            .to_device(self.device))
+        Ok(tensor.to_kind(self.kind).to_device(self.device))
     }
 
     fn linear(
