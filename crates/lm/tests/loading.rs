@@ -130,3 +130,25 @@ fn tempfile_dir(tag: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[test]
+fn half_precision_weights_load_and_stay_close_to_f32() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama");
+    let ids = Tensor::from_slice(&[5i64, 9, 14, 3, 27, 33]).view([1, 6]);
+    let reference = CausalLm::load(&dir, Device::Cpu, Kind::Float)
+        .unwrap()
+        .forward(&ids, None, None)
+        .unwrap();
+    for kind in [Kind::BFloat16, Kind::Half] {
+        let model = CausalLm::load(&dir, Device::Cpu, kind).unwrap();
+        assert_eq!(model.kind(), kind);
+        let logits = model.forward(&ids, None, None).unwrap();
+        assert_eq!(logits.kind(), Kind::Float, "logits come back as f32");
+        let difference = (&logits - &reference).abs().max().double_value(&[]);
+        let scale = reference.abs().max().double_value(&[]);
+        assert!(
+            difference < 0.05 * scale,
+            "{kind:?}: {difference} of {scale}"
+        );
+    }
+}
