@@ -144,7 +144,7 @@ fn peer_python(env: &str, name: &str, packages: &[&str], optional: &[&str]) -> R
                 "--quiet",
                 "--disable-pip-version-check",
             ])
-            .args(PEER_PACKAGES),
+            .args(packages),
     )?;
     for optional in optional {
         let installed = Command::new(partial.join("bin").join("python"))
