@@ -236,15 +236,37 @@ impl CausalLm {
             .collect();
         let mut done = vec![false; prompts.len()];
         for step in 0..config.max_new_tokens {
-            let last = logits.select(1, -1).to_device(tch::Device::Cpu);
+            let last = logits.select(1, -1);
+            // Greedy choices are made where the logits are (one vectorised pass); sampling
+            // copies each row to the CPU for the seeded sampler.
+            let greedy = match config.sampling {
+                Sampling::Greedy => {
+                    let log_probs = last.log_softmax(-1, Kind::Float);
+                    let best = log_probs.argmax(-1, true);
+                    let best_log_probs = log_probs.gather(1, &best, false);
+                    Some((
+                        Vec::<i64>::try_from(best.flatten(0, -1).to_device(tch::Device::Cpu))?,
+                        Vec::<f32>::try_from(
+                            best_log_probs.flatten(0, -1).to_device(tch::Device::Cpu),
+                        )?,
+                    ))
+                }
+                Sampling::Temperature { .. } => None,
+            };
+            let last = last.to_device(tch::Device::Cpu);
             let mut next = Vec::with_capacity(prompts.len());
             for (row, generated) in out.iter_mut().enumerate() {
                 if done[row] {
                     next.push(self.pad_id());
                     continue;
                 }
-                let row_logits = Vec::<f32>::try_from(last.get(row as i64))?;
-                let (token, log_prob) = choose(&row_logits, config.sampling, &mut sampler);
+                let (token, log_prob) = match &greedy {
+                    Some((tokens, log_probs)) => (tokens[row], log_probs[row]),
+                    None => {
+                        let row_logits = Vec::<f32>::try_from(last.get(row as i64))?;
+                        choose(&row_logits, config.sampling, &mut sampler)
+                    }
+                };
                 generated.tokens.push(token);
                 generated.log_probs.push(log_prob);
                 if stop.contains(&token) || should_stop(row, &generated.tokens) {

@@ -104,9 +104,53 @@ struct Block {
     mlp: Mlp,
 }
 
+/// One layer's cached keys and values: `[batch, kv heads, capacity, head dim]`, of
+/// which the first `len` positions are filled. Appending writes in place (growing by
+/// doubling), so a decoding step copies only the new position, not the whole cache.
+struct LayerCache {
+    keys: Tensor,
+    values: Tensor,
+    len: i64,
+}
+
+impl LayerCache {
+    /// Appends `[batch, kv, new, d]` keys and values; returns views of everything cached.
+    fn append(slot: &mut Option<Self>, keys: &Tensor, values: &Tensor) -> (Tensor, Tensor) {
+        let new = keys.size()[2];
+        let cache = slot.get_or_insert_with(|| {
+            let mut shape = keys.size();
+            shape[2] = (2 * new).max(64);
+            LayerCache {
+                keys: Tensor::empty(shape.as_slice(), (keys.kind(), keys.device())),
+                values: Tensor::empty(shape.as_slice(), (values.kind(), values.device())),
+                len: 0,
+            }
+        });
+        let capacity = cache.keys.size()[2];
+        if cache.len + new > capacity {
+            let mut shape = cache.keys.size();
+            shape[2] = (2 * capacity).max(cache.len + new);
+            for tensor in [&mut cache.keys, &mut cache.values] {
+                let grown = Tensor::empty(shape.as_slice(), (tensor.kind(), tensor.device()));
+                grown
+                    .narrow(2, 0, cache.len)
+                    .copy_(&tensor.narrow(2, 0, cache.len));
+                *tensor = grown;
+            }
+        }
+        cache.keys.narrow(2, cache.len, new).copy_(keys);
+        cache.values.narrow(2, cache.len, new).copy_(values);
+        cache.len += new;
+        (
+            cache.keys.narrow(2, 0, cache.len),
+            cache.values.narrow(2, 0, cache.len),
+        )
+    }
+}
+
 /// Keys and values of earlier positions, per layer, for incremental decoding.
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<Option<LayerCache>>,
     /// `[batch, positions so far]`: 1 for real tokens, 0 for padding.
     mask: Option<Tensor>,
 }
@@ -408,7 +452,7 @@ impl CausalLm {
         cos: &Tensor,
         sin: &Tensor,
         bias: &Tensor,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<&mut Option<LayerCache>>,
     ) -> Tensor {
         let quantize = self.quantize_activations;
         let (batch, new) = (x.size()[0], x.size()[1]);
@@ -420,29 +464,28 @@ impl CausalLm {
         let mut k = rope(&shape(attention.k.forward(x, quantize), kv_heads), cos, sin);
         let mut v = shape(attention.v.forward(x, quantize), kv_heads);
         if let Some(slot) = cache {
-            if let Some((past_k, past_v)) = slot.as_ref() {
-                k = Tensor::cat(&[past_k, &k], 2);
-                v = Tensor::cat(&[past_v, &v], 2);
-            }
-            *slot = Some((k.shallow_clone(), v.shallow_clone()));
+            (k, v) = LayerCache::append(slot, &k, &v);
         }
+        // Grouped-query attention without copying keys and values per head: the `repeat`
+        // query heads that share a key/value head are stacked along the query axis.
         let repeat = heads / kv_heads;
-        let (k, v) = if repeat > 1 {
-            let expand = |t: &Tensor| {
-                let s = t.size();
-                t.unsqueeze(2)
-                    .expand([s[0], s[1], repeat, s[2], s[3]], false)
-                    .reshape([s[0], s[1] * repeat, s[2], s[3]])
-            };
-            (expand(&k), expand(&v))
-        } else {
-            (k, v)
-        };
-        let scores =
-            q.matmul(&k.transpose(2, 3)).to_kind(Kind::Float) * (1.0 / (d as f64).sqrt()) + bias;
-        let weights = scores.softmax(-1, Kind::Float).to_kind(self.kind);
+        let total = k.size()[2];
+        let grouped_q = q.reshape([batch, kv_heads, repeat * new, d]);
+        let scores = grouped_q
+            .matmul(&k.transpose(2, 3))
+            .view([batch, heads, new, total])
+            .to_kind(Kind::Float)
+            * (1.0 / (d as f64).sqrt())
+            + bias;
+        let weights = scores.softmax(-1, Kind::Float).to_kind(self.kind).view([
+            batch,
+            kv_heads,
+            repeat * new,
+            total,
+        ]);
         let out = weights
             .matmul(&v)
+            .view([batch, heads, new, d])
             .transpose(1, 2)
             .reshape([batch, new, heads * d]);
         let out = match &attention.sub_norm {

@@ -210,3 +210,23 @@ fn the_loss_is_differentiable_and_masks_padding() {
     scaled.backward();
     assert!(scale.grad().defined());
 }
+
+#[test]
+fn long_generations_grow_the_cache_and_stay_exact() {
+    // 8 prompt tokens + 90 new ones: the cache starts at 64 positions and must grow.
+    let model = model("mistral");
+    let config = GenerateConfig {
+        max_new_tokens: 90,
+        stop_tokens: Some(Vec::new()),
+        ..GenerateConfig::default()
+    };
+    let prompt = prompts()[0].clone();
+    let generated = model
+        .generate(std::slice::from_ref(&prompt), &config)
+        .unwrap();
+    assert_eq!(generated[0].tokens.len(), 90);
+    let score = &model
+        .score(&[(prompt, generated[0].tokens.clone())])
+        .unwrap()[0];
+    assert!(score.greedy_exact);
+}
