@@ -224,7 +224,7 @@ impl CausalLm {
             .unwrap_or_else(|| self.config().eos_token_ids.clone());
         let (ids, mask) = left_pad(prompts, self.pad_id())?;
         let mut cache = self.new_cache();
-        let mut logits = self.forward(&ids, Some(&mask), Some(&mut cache))?;
+        let mut logits = self.forward_positions(&ids, Some(&mask), Some(&mut cache), true)?;
         let mut sampler = Sampler(config.seed);
         let mut out: Vec<Generated> = prompts
             .iter()
@@ -282,7 +282,7 @@ impl CausalLm {
             // Finished rows keep running (the batch stays rectangular) on masked padding.
             let step_mask: Vec<i64> = done.iter().map(|&d| i64::from(!d)).collect();
             let step_mask = Tensor::from_slice(&step_mask).view([prompts.len() as i64, 1]);
-            logits = self.forward(&next_ids, Some(&step_mask), Some(&mut cache))?;
+            logits = self.forward_positions(&next_ids, Some(&step_mask), Some(&mut cache), true)?;
         }
         Ok(out)
     }

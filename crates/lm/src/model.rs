@@ -368,6 +368,19 @@ impl CausalLm {
         attention_mask: Option<&Tensor>,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
+        self.forward_positions(input_ids, attention_mask, cache, false)
+    }
+
+    /// [`CausalLm::forward`] returning only the last position's logits
+    /// (`[batch, 1, vocab]`) when `last_only`: the output projection over the whole
+    /// vocabulary is then computed once per sequence, which is all generation needs.
+    pub fn forward_positions(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        last_only: bool,
+    ) -> Result<Tensor> {
         let size = input_ids.size();
         let [batch, new] = size[..] else {
             return Err(Error::Input(format!(
@@ -414,6 +427,11 @@ impl CausalLm {
         if let Some(cache) = cache {
             cache.mask = Some(full_mask);
         }
+        let hidden = if last_only {
+            hidden.narrow(1, new - 1, 1)
+        } else {
+            hidden
+        };
         let hidden = self.norm.forward(&hidden);
         Ok(hidden.matmul(&self.lm_head.tr()).to_kind(Kind::Float))
     }
