@@ -131,10 +131,9 @@ impl Svf {
     /// (keeping the autograd graph: a loss on the next forward reaches z and alpha).
     pub fn refresh(&self) -> Result<()> {
         for (slot, scale) in self.slots.iter().zip(self.scales()) {
-            let target = slot.lock().expect("scale lock");
+            let mut target = slot.lock().expect("scale lock");
             let (device, kind) = (target.device(), target.kind());
-            drop(target);
-            *slot.lock().expect("scale lock") = scale.to_device(device).to_kind(kind);
+            *target = scale.to_device(device).to_kind(kind);
         }
         Ok(())
     }
@@ -174,14 +173,10 @@ impl Svf {
                 .to_kind(layer.weight.kind());
             self.originals
                 .push(std::mem::replace(&mut layer.weight, weight));
-            self.adapters_parked(layer);
+            // The adapter would apply SVF a second time on top of the merged weights.
+            layer.set_adapter(None);
         }
         Ok(())
-    }
-
-    fn adapters_parked(&self, layer: &mut Linear) {
-        // The adapter would apply SVF a second time on top of merged weights.
-        let _ = layer.set_adapter(None);
     }
 
     /// Restores the original weights and the factorized adapters.

@@ -124,7 +124,7 @@ fn gradients_reach_z_and_alpha_and_match_finite_differences() {
     let h = 1e-2;
     let shifted = |delta_z: f64, delta_alpha: f64, svf: &mut Svf| -> f64 {
         let _guard = tch::no_grad_guard();
-        let mut z = a.z[2].1.detach().copy();
+        let z = a.z[2].1.detach().copy();
         let _ = z.get(5).f_add_scalar_(delta_z).unwrap();
         let mut moved = Expert::constant(svf.decomposition(), "moved", 0.0);
         for (i, (_, slot)) in moved.z.iter_mut().enumerate() {
@@ -134,7 +134,6 @@ fn gradients_reach_z_and_alpha_and_match_finite_differences() {
                 a.z[i].1.detach()
             };
         }
-        let _ = &mut z;
         let alphas = alphas.detach().copy();
         let _ = alphas.get(1).f_add_scalar_(delta_alpha).unwrap();
         loss(svf, &moved, &alphas, &model).double_value(&[])
