@@ -206,6 +206,13 @@ impl CausalLm {
         let heads = config.num_attention_heads as i64;
         let kv = config.num_key_value_heads as i64;
         let bitnet = config.architecture == Architecture::BitNet;
+        // Only a quantized BitNet checkpoint has BitLinear layers: transformers runs a
+        // float BitNet checkpoint (no bitnet quantization_config) with plain linears.
+        let quantized = matches!(
+            loader.checkpoint.format(),
+            bitnet_dequant::Format::HfPacked | bitnet_dequant::Format::HfOnline
+        );
+        let bitlinear = bitnet && quantized;
         let embed = loader.tensor("model.embed_tokens.weight", &[config.vocab_size as i64, h])?;
         let norm = |loader: &mut Loader<'_>, name: String, size: i64| -> Result<RmsNorm> {
             Ok(RmsNorm {
@@ -222,28 +229,28 @@ impl CausalLm {
                     heads * d,
                     h,
                     config.qkv_bias,
-                    bitnet,
+                    bitlinear,
                 )?,
                 k: loader.linear(
                     &format!("{prefix}.self_attn.k_proj"),
                     kv * d,
                     h,
                     config.qkv_bias,
-                    bitnet,
+                    bitlinear,
                 )?,
                 v: loader.linear(
                     &format!("{prefix}.self_attn.v_proj"),
                     kv * d,
                     h,
                     config.qkv_bias,
-                    bitnet,
+                    bitlinear,
                 )?,
                 o: loader.linear(
                     &format!("{prefix}.self_attn.o_proj"),
                     h,
                     heads * d,
                     config.o_bias,
-                    bitnet,
+                    bitlinear,
                 )?,
                 sub_norm: if bitnet {
                     Some(norm(
@@ -261,21 +268,21 @@ impl CausalLm {
                     i,
                     h,
                     config.mlp_bias,
-                    bitnet,
+                    bitlinear,
                 )?,
                 up: loader.linear(
                     &format!("{prefix}.mlp.up_proj"),
                     i,
                     h,
                     config.mlp_bias,
-                    bitnet,
+                    bitlinear,
                 )?,
                 down: loader.linear(
                     &format!("{prefix}.mlp.down_proj"),
                     h,
                     i,
                     config.mlp_bias,
-                    bitnet,
+                    bitlinear,
                 )?,
                 sub_norm: if bitnet {
                     Some(norm(
@@ -313,7 +320,7 @@ impl CausalLm {
             inv_freq,
             device: loader.device,
             kind: loader.kind,
-            quantize_activations: bitnet,
+            quantize_activations: bitlinear,
             config,
         })
     }

@@ -152,3 +152,32 @@ fn half_precision_weights_load_and_stay_close_to_f32() {
         );
     }
 }
+
+#[test]
+fn a_float_bitnet_checkpoint_has_plain_linear_layers() {
+    // transformers runs BitNet weights without a bitnet quantization_config as nn.Linear.
+    let dir = std::env::temp_dir().join(format!("lm-float-bitnet-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bitnet");
+    let options = bitnet_dequant::convert::ConvertOptions::default();
+    bitnet_dequant::convert::convert(
+        &input,
+        &dir,
+        &options,
+        &mut bitnet_dequant::convert::NoProgress,
+    )
+    .unwrap();
+    let mut float = CausalLm::load(&dir, Device::Cpu, Kind::Float).unwrap();
+    assert!(float.linear_layers_mut().iter().all(|l| !l.bitlinear));
+    // Its forward equals the packed model's with activation quantization off.
+    let mut packed = CausalLm::load(&input, Device::Cpu, Kind::Float).unwrap();
+    packed.set_activation_quantization(false);
+    let ids = Tensor::from_slice(&[5i64, 9, 14, 3]).view([1, 4]);
+    let difference = (float.forward(&ids, None, None).unwrap()
+        - packed.forward(&ids, None, None).unwrap())
+    .abs()
+    .max()
+    .double_value(&[]);
+    assert!(difference < 1e-5, "{difference}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
