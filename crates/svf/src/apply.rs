@@ -1,7 +1,11 @@
 //! Putting experts into a model: factorized adapters, or merged dense weights.
 
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use bitnet_dequant::Checkpoint;
+use bitnet_dequant::io::{StDtype, StEntry, StreamingSafetensors};
 use lm::{CausalLm, Linear, LinearAdapter};
 use tch::{Kind, Tensor};
 
@@ -230,5 +234,102 @@ impl Svf {
             .into_iter()
             .map(|m| m.detach().to_kind(Kind::Float))
             .collect()
+    }
+}
+
+impl Svf {
+    /// Writes a plain float Hugging Face checkpoint of `base_dir`'s model with the
+    /// current experts baked in: every tensor of the base checkpoint (dequantized if it
+    /// is BitNet), the adapted matrices replaced by `W'`, `config.json` without
+    /// `quantization_config`, tokenizer and generation files copied. `lm` and
+    /// transformers load it as an ordinary model. The folder appears only when complete.
+    pub fn export_merged(&self, base_dir: &Path, out: &Path) -> Result<()> {
+        let file_error = |path: &Path, e: &dyn std::fmt::Display| Error::File {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        if out.exists() {
+            return Err(file_error(out, &"already exists; choose another folder"));
+        }
+        let checkpoint = Checkpoint::open(base_dir).map_err(|e| file_error(base_dir, &e))?;
+        let merged: HashMap<String, Tensor> = self
+            .merged_weights()
+            .into_iter()
+            .map(|(name, w)| (format!("{name}.weight"), w))
+            .collect();
+        for (name, weight) in &merged {
+            let info = checkpoint
+                .tensor(name)
+                .map_err(|e| file_error(base_dir, &e))?;
+            let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
+            if shape != weight.size() {
+                return Err(Error::Mismatch(format!(
+                    "{}: `{name}` is {shape:?} in the base checkpoint, {:?} in the decomposition",
+                    base_dir.display(),
+                    weight.size()
+                )));
+            }
+        }
+        let staging = out.with_file_name(format!(
+            ".{}.partial-{}",
+            out.file_name().unwrap_or_default().to_string_lossy(),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging).map_err(|e| file_error(out, &e))?;
+        let result = (|| -> Result<()> {
+            let entries = checkpoint
+                .tensors()
+                .iter()
+                .map(|t| StEntry {
+                    name: t.name.clone(),
+                    dtype: StDtype::F32,
+                    shape: t.shape.clone(),
+                })
+                .collect();
+            let metadata = BTreeMap::from([("format".to_owned(), "pt".to_owned())]);
+            let path = staging.join("model.safetensors");
+            let mut writer = StreamingSafetensors::create(&path, entries, &metadata)
+                .map_err(|e| file_error(&path, &e))?;
+            for info in checkpoint.tensors() {
+                let values = match merged.get(&info.name) {
+                    Some(weight) => {
+                        Vec::<f32>::try_from(weight.to_kind(Kind::Float).flatten(0, -1))?
+                    }
+                    None => checkpoint
+                        .dequantize(&info.name)
+                        .map_err(|e| file_error(base_dir, &e))?,
+                };
+                writer
+                    .write_tensor(&info.name, bitnet_dequant::io::f32_bytes(&values))
+                    .map_err(|e| file_error(&path, &e))?;
+            }
+            writer.finish().map_err(|e| file_error(&path, &e))?;
+            let config_path = base_dir.join("config.json");
+            let text =
+                std::fs::read_to_string(&config_path).map_err(|e| file_error(&config_path, &e))?;
+            let mut config: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| file_error(&config_path, &e))?;
+            if let Some(map) = config.as_object_mut() {
+                map.remove("quantization_config");
+            }
+            let text =
+                serde_json::to_vec_pretty(&config).map_err(|e| file_error(&config_path, &e))?;
+            bitnet_dequant::io::write_atomic(&staging.join("config.json"), &text)
+                .map_err(|e| file_error(out, &e))?;
+            for name in bitnet_dequant::convert::COMPANION_FILES {
+                let source = base_dir.join(name);
+                if source.is_file() {
+                    std::fs::copy(&source, staging.join(name))
+                        .map_err(|e| file_error(&source, &e))?;
+                }
+            }
+            std::fs::rename(&staging, out).map_err(|e| file_error(out, &e))?;
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        result
     }
 }

@@ -249,3 +249,34 @@ fn z_parameters_are_far_fewer_than_lora_rank_16() {
         (6 * 32, 6 * 16 * (64 + 32))
     );
 }
+
+#[test]
+fn a_merged_export_loads_as_an_ordinary_model() {
+    let dir = scratch("export");
+    for base in ["llama", "bitnet"] {
+        let base_dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../lm/tests/fixtures")
+            .join(base);
+        let mut model = CausalLm::load(&base_dir, Device::Cpu, Kind::Float).unwrap();
+        // Compare with the float forward: the export has no BitLinear layers.
+        model.set_activation_quantization(false);
+        let decomposition = Decomposition::compute(&mut model, &Selection::mlp(), false).unwrap();
+        let expert = Expert::random(&decomposition, "e", 0.0, 1.5, 11);
+        let mut svf = Svf::install(&mut model, decomposition, Composition::Reference).unwrap();
+        svf.set_experts(&[&expert], &Mixture::uniform(1)).unwrap();
+        svf.refresh().unwrap();
+        let adapted = model.forward(&ids(), None, None).unwrap();
+        let out = dir.join(base);
+        svf.export_merged(&base_dir, &out).unwrap();
+        let exported = CausalLm::load(&out, Device::Cpu, Kind::Float).unwrap();
+        let difference =
+            relative_difference(&exported.forward(&ids(), None, None).unwrap(), &adapted);
+        assert!(difference < 1e-5, "{base}: {difference:e}");
+        let config = std::fs::read_to_string(out.join("config.json")).unwrap();
+        assert!(!config.contains("quantization_config"));
+        assert!(out.join("tokenizer.json").is_file());
+        // Exporting onto an existing folder is refused.
+        assert!(svf.export_merged(&base_dir, &out).is_err());
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
