@@ -15,7 +15,14 @@ const PEER_PACKAGES: &[&str] = &["gguf==0.19.0", "pymoo==0.6.2"];
 const OPTIONAL_PEER_PACKAGES: &[&str] = &["pygmo==2.20.0"];
 
 /// The benchmarks this command knows.
-pub const BENCHES: &[&str] = &["dequant", "convert-memory", "nsga2", "nsga2-scaling", "lm"];
+pub const BENCHES: &[&str] = &[
+    "dequant",
+    "convert-memory",
+    "nsga2",
+    "nsga2-scaling",
+    "lm",
+    "svf",
+];
 
 /// Runs `cargo <args>` in the repository with extra environment, failing on a non-zero exit.
 fn cargo(root: &Path, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Result<()> {
@@ -69,6 +76,23 @@ pub fn run(root: &Path, name: &str) -> Result<()> {
         "convert-memory" => convert_memory(root),
         "nsga2" => nsga2(root),
         "lm" => lm(root),
+        "svf" => {
+            let models = setup::cache_dir("PHASE7_BENCH_MODELS", "bench-models")?;
+            let dirs: Vec<String> = ["tiny", "smollm-135m-shape"]
+                .iter()
+                .map(|name| models.join(name))
+                .filter(|dir| dir.join("config.json").is_file())
+                .map(|dir| dir.display().to_string())
+                .collect();
+            if dirs.len() < 2 {
+                bail!(
+                    "the benchmark models are not in {} yet; `cargo xtask bench lm` makes them",
+                    models.display()
+                );
+            }
+            let args: Vec<&str> = dirs.iter().map(String::as_str).collect();
+            run_example(root, "svf-experts", "bench_svf", &args, &[])
+        }
         "nsga2-scaling" => run_example(root, "nsga2", "bench_scaling", &[], &[]),
         other => bail!("unknown benchmark `{other}`; known: {}", BENCHES.join(", ")),
     }

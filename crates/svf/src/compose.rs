@@ -107,6 +107,38 @@ mod tests {
         assert!((&m - &s * 0.7).abs().max().double_value(&[]) < 1e-6);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn composition_identities(
+            values in proptest::collection::vec(0.01f32..10.0, 1..40),
+            zs in proptest::collection::vec(-4.0f32..4.0, 40),
+            c in -5.0f64..5.0,
+            split in 0.0f64..1.0,
+        ) {
+            let k = values.len();
+            let s = Tensor::from_slice(&values);
+            let z = Tensor::from_slice(&zs[..k]);
+            let one = Tensor::from(1.0f32);
+            // Any constant z is the identity under the reference composition.
+            let constant = Tensor::full([k as i64], c, (Kind::Float, tch::Device::Cpu));
+            let m = scales(Composition::Reference, &s, &[&constant], std::slice::from_ref(&one));
+            proptest::prop_assert!((&m - &s).abs().max().double_value(&[]) < 1e-4 * s.abs().max().double_value(&[]));
+            // The reference composition keeps the nuclear norm (sum of scales) for any z.
+            let m = scales(Composition::Reference, &s, &[&z], std::slice::from_ref(&one));
+            let (sum_m, sum_s) = (m.sum(Kind::Double).double_value(&[]), s.sum(Kind::Double).double_value(&[]));
+            proptest::prop_assert!((sum_m - sum_s).abs() < 1e-4 * sum_s);
+            // A mixture of one expert with itself, alphas summing to 1, is that expert.
+            let alone = scales(Composition::Paper, &s, &[&z], std::slice::from_ref(&one));
+            let mixed = scales(
+                Composition::Paper,
+                &s,
+                &[&z, &z],
+                &[Tensor::from(split as f32), Tensor::from(1.0 - split as f32)],
+            );
+            proptest::prop_assert!((&alone - &mixed).abs().max().double_value(&[]) < 1e-4 * (1.0 + alone.abs().max().double_value(&[])));
+        }
+    }
+
     #[test]
     fn mixtures_add_post_sigmoid() {
         let s = Tensor::from_slice(&[1.0f32, 1.0]);

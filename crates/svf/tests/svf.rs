@@ -280,3 +280,39 @@ fn a_merged_export_loads_as_an_ordinary_model() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn composition_matches_the_numpy_reference() {
+    // scripts/make_composition_reference.py: numpy's SVD and composition, two experts.
+    let reference: HashMap<String, Tensor> = Tensor::read_safetensors(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/composition.safetensors"),
+    )
+    .unwrap()
+    .into_iter()
+    .collect();
+    let mut model = model();
+    let alphas = Vec::<f64>::try_from(reference["alphas"].to_kind(Kind::Double)).unwrap();
+    for (composition, suffix) in [
+        (Composition::Reference, "reference"),
+        (Composition::Paper, "paper"),
+    ] {
+        let decomposition = Decomposition::compute(&mut model, &Selection::mlp(), true).unwrap();
+        let mut experts = Vec::new();
+        for k in 0..2 {
+            let mut expert = Expert::constant(&decomposition, &format!("e{k}"), 0.0);
+            for (name, z) in &mut expert.z {
+                *z = reference[&format!("{name}.z{k}")].shallow_clone();
+            }
+            experts.push(expert);
+        }
+        let mut svf = Svf::install(&mut model, decomposition, composition).unwrap();
+        svf.set_experts(&[&experts[0], &experts[1]], &Mixture::per_expert(&alphas))
+            .unwrap();
+        for (name, weight) in svf.merged_weights() {
+            let expected = &reference[&format!("{name}.{suffix}")];
+            let difference = relative_difference(&weight, expected);
+            assert!(difference < 1e-5, "{suffix} {name}: {difference:e}");
+        }
+        svf.uninstall(&mut model).unwrap();
+    }
+}
