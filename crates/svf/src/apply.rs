@@ -7,16 +7,37 @@ use std::sync::{Arc, Mutex};
 use bitnet_dequant::Checkpoint;
 use bitnet_dequant::io::{StDtype, StEntry, StreamingSafetensors};
 use lm::{CausalLm, Linear, LinearAdapter};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::compose::scales;
-use crate::{Composition, Decomposition, Error, Expert, Mixture, Result};
+use crate::{Composition, Decomposition, Error, Expert, Factors, Mixture, Result};
 
 /// `y = ((x V) * m) U^T + b`: the adapted layer without building `W'`.
 struct Factorized {
     u_t: Tensor,
     v: Tensor,
     scale: Arc<Mutex<Tensor>>,
+}
+
+impl Factorized {
+    /// The adapter of one matrix, on the layer's device and element type.
+    fn boxed(
+        f: &Factors,
+        device: Device,
+        kind: Kind,
+        slot: &Arc<Mutex<Tensor>>,
+    ) -> Box<dyn LinearAdapter> {
+        Box::new(Self {
+            u_t: f
+                .u
+                .to_device(device)
+                .to_kind(kind)
+                .transpose(0, 1)
+                .contiguous(),
+            v: f.v.to_device(device).to_kind(kind),
+            scale: Arc::clone(slot),
+        })
+    }
 }
 
 impl LinearAdapter for Factorized {
@@ -69,16 +90,7 @@ impl Svf {
                 )));
             }
             let slot = Arc::new(Mutex::new(f.s.to_device(device).to_kind(kind)));
-            layer.set_adapter(Some(Box::new(Factorized {
-                u_t: f
-                    .u
-                    .to_device(device)
-                    .to_kind(kind)
-                    .transpose(0, 1)
-                    .contiguous(),
-                v: f.v.to_device(device).to_kind(kind),
-                scale: Arc::clone(&slot),
-            })));
+            layer.set_adapter(Some(Factorized::boxed(f, device, kind, &slot)));
             slots.push(slot);
         }
         Ok(Self {
@@ -199,16 +211,7 @@ impl Svf {
         {
             let (device, kind) = (original.device(), original.kind());
             layer.weight = original;
-            layer.set_adapter(Some(Box::new(Factorized {
-                u_t: f
-                    .u
-                    .to_device(device)
-                    .to_kind(kind)
-                    .transpose(0, 1)
-                    .contiguous(),
-                v: f.v.to_device(device).to_kind(kind),
-                scale: Arc::clone(slot),
-            })));
+            layer.set_adapter(Some(Factorized::boxed(f, device, kind, slot)));
         }
         Ok(())
     }

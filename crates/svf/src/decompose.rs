@@ -255,22 +255,13 @@ impl Decomposition {
             path: path.to_path_buf(),
             message,
         };
-        let bytes = bitnet_dequant::io::map_file(path).map_err(|e| error(e.to_string()))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-            .map_err(|e| error(format!("not a valid safetensors file: {e}")))?;
-        let metadata = header.metadata().clone().unwrap_or_default();
+        let metadata = crate::read_file_metadata(path, CACHE_FORMAT, CACHE_VERSION)?;
         let field = |key: &str| {
-            metadata.get(key).cloned().ok_or_else(|| {
-                error(format!(
-                    "metadata `{key}` is missing; not an SVF decomposition"
-                ))
-            })
+            metadata
+                .get(key)
+                .cloned()
+                .ok_or_else(|| error(format!("metadata `{key}` is missing")))
         };
-        if field("format")? != CACHE_FORMAT || field("version")? != CACHE_VERSION {
-            return Err(error(format!(
-                "not a {CACHE_FORMAT} version {CACHE_VERSION} file"
-            )));
-        }
         let selection: Selection = serde_json::from_str(&field("selection")?)
             .map_err(|e| error(format!("metadata `selection` is invalid: {e}")))?;
         let tensors: BTreeMap<String, Tensor> =

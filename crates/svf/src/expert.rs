@@ -151,21 +151,13 @@ impl Expert {
             path: path.to_path_buf(),
             message,
         };
-        let bytes = bitnet_dequant::io::map_file(path).map_err(|e| error(e.to_string()))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-            .map_err(|e| error(format!("not a valid safetensors file: {e}")))?;
-        let metadata = header.metadata().clone().unwrap_or_default();
+        let metadata = crate::read_file_metadata(path, EXPERT_FORMAT, EXPERT_VERSION)?;
         let field = |key: &str| {
             metadata
                 .get(key)
                 .cloned()
-                .ok_or_else(|| error(format!("metadata `{key}` is missing; not an SVF expert")))
+                .ok_or_else(|| error(format!("metadata `{key}` is missing")))
         };
-        if field("format")? != EXPERT_FORMAT || field("version")? != EXPERT_VERSION {
-            return Err(error(format!(
-                "not a {EXPERT_FORMAT} version {EXPERT_VERSION} file"
-            )));
-        }
         let parse = |key: &str| -> Result<serde_json::Value> {
             serde_json::from_str(&field(key)?)
                 .map_err(|e| error(format!("metadata `{key}` is invalid: {e}")))

@@ -47,6 +47,28 @@ mod error;
 mod expert;
 
 pub use apply::Svf;
+
+/// Reads the `__metadata__` of a safetensors file and checks its `format` and `version`.
+pub(crate) fn read_file_metadata(
+    path: &std::path::Path,
+    format: &str,
+    version: &str,
+) -> Result<std::collections::HashMap<String, String>> {
+    let error = |message: String| Error::File {
+        path: path.to_path_buf(),
+        message,
+    };
+    let bytes = bitnet_dequant::io::map_file(path).map_err(|e| error(e.to_string()))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| error(format!("not a valid safetensors file: {e}")))?;
+    let metadata = header.metadata().clone().unwrap_or_default();
+    if metadata.get("format").map(String::as_str) != Some(format)
+        || metadata.get("version").map(String::as_str) != Some(version)
+    {
+        return Err(error(format!("not a {format} version {version} file")));
+    }
+    Ok(metadata)
+}
 pub use compose::{Composition, Mixture};
 pub use decompose::{Decomposition, Factors, Selection};
 pub use error::{Error, Result};
