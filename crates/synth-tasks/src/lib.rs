@@ -1,0 +1,198 @@
+//! Procedural capability domains with exact verifiers, and behaviour suites.
+//!
+//! * Eight **domains** ([`Domain`]): each generates a [`Problem`] at a difficulty from a
+//!   seeded generator, and [`verify`] checks an output exactly (after the documented
+//!   normalisation). Prompts are short and character-friendly (`47+25=`), for small
+//!   models.
+//! * Three **behaviour suites** ([`Suite`]) of preference pairs `(prompt, preferred,
+//!   rejected)`: alignment (refusing a fixed vocabulary of harmful requests, answering
+//!   `unknown` to unanswerable questions), tool use (`CALL calc(<expr>)` for numbers too
+//!   large to work in the head) and persona (consistent identity answers).
+//! * **Splits** are a function of the prompt's hash ([`split_of`]), so train and held-out
+//!   sets can never share a problem, whatever the seeds.
+//!
+//! ```
+//! use synth_tasks::{Domain, Rng, Split, generate_in, verify};
+//!
+//! let mut rng = Rng::new(7);
+//! let problem = generate_in(Domain::Arithmetic, 2, Split::HeldOut, &mut rng);
+//! assert!(verify(&problem, &problem.answer));
+//! assert!(verify(&problem, &format!(" {}\nmore text", problem.answer)));
+//! assert!(!verify(&problem, "no"));
+//! ```
+#![doc(test(attr(deny(warnings))))]
+
+mod domains;
+mod suites;
+
+pub use domains::generate;
+pub use suites::{Pair, Suite, pairs};
+
+use serde::{Deserialize, Serialize};
+
+/// A capability domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Domain {
+    /// `a+b`, `a-b`, `a*b`; difficulty = digits of the operands.
+    Arithmetic,
+    /// Several operations with precedence (`3+4*2-5=`); difficulty = operations - 1.
+    MultiStep,
+    /// `T&F|!T=` with `&`, `|`, `!` and parentheses; difficulty = operators.
+    Boolean,
+    /// `max(47,52)=` (difficulty 1) or `sort(5,2,9)=` with difficulty + 1 numbers.
+    Comparison,
+    /// `rev(abc)=`, `up(abc)=`; difficulty = word length - 2.
+    Strings,
+    /// `count(a,banana)=`; difficulty scales the text length.
+    Counting,
+    /// Tiny programs: `x=3;x*=2;x+=1;x?`; difficulty = statements - 1.
+    Code,
+    /// Continue an arithmetic or geometric sequence: `2,5,8,11,?`.
+    Sequence,
+}
+
+impl Domain {
+    /// Every domain.
+    pub const ALL: [Domain; 8] = [
+        Domain::Arithmetic,
+        Domain::MultiStep,
+        Domain::Boolean,
+        Domain::Comparison,
+        Domain::Strings,
+        Domain::Counting,
+        Domain::Code,
+        Domain::Sequence,
+    ];
+
+    /// The snake-case name (`multi_step`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Domain::Arithmetic => "arithmetic",
+            Domain::MultiStep => "multi_step",
+            Domain::Boolean => "boolean",
+            Domain::Comparison => "comparison",
+            Domain::Strings => "strings",
+            Domain::Counting => "counting",
+            Domain::Code => "code",
+            Domain::Sequence => "sequence",
+        }
+    }
+}
+
+/// A generated problem.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Problem {
+    /// Its domain.
+    pub domain: Domain,
+    /// The difficulty it was generated at.
+    pub difficulty: u32,
+    /// The prompt, e.g. `47+25=`.
+    pub prompt: String,
+    /// The reference answer, e.g. `72`.
+    pub answer: String,
+}
+
+/// A seeded generator (SplitMix64): small, fast, and its stream is fixed by this crate,
+/// so a seed gives the same data on every platform and release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// The generator for `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A uniform integer in `[low, high]`.
+    pub fn range(&mut self, low: i64, high: i64) -> i64 {
+        debug_assert!(low <= high);
+        let span = (high - low) as u64 + 1;
+        low + (self.next_u64() % span) as i64
+    }
+
+    /// One of `items`.
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.range(0, items.len() as i64 - 1) as usize]
+    }
+
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+}
+
+/// Which side of the train/held-out split a prompt is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Split {
+    /// About 90% of prompts.
+    Train,
+    /// About 10% of prompts.
+    HeldOut,
+}
+
+/// The split of a prompt: FNV-1a of the domain name and the prompt, held out when the
+/// hash is 0 modulo 10. A pure function of the text, so splits cannot overlap.
+pub fn split_of(domain: Domain, prompt: &str) -> Split {
+    split_by_hash(domain.name(), prompt)
+}
+
+pub(crate) fn split_by_hash(kind: &str, prompt: &str) -> Split {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in kind.bytes().chain([0]).chain(prompt.bytes()) {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    if hash % 10 == 0 {
+        Split::HeldOut
+    } else {
+        Split::Train
+    }
+}
+
+/// A problem of `domain` at `difficulty` from the given split (drawing until one falls
+/// on that side).
+pub fn generate_in(domain: Domain, difficulty: u32, split: Split, rng: &mut Rng) -> Problem {
+    loop {
+        let problem = generate(domain, difficulty, rng);
+        if split_of(domain, &problem.prompt) == split {
+            return problem;
+        }
+    }
+}
+
+/// The normalised form of an output: the first line, trimmed, without a trailing
+/// period, lower-case, with spaces after commas removed; `true`/`false` read as `t`/`f`;
+/// integers without a leading `+` or leading zeros.
+pub fn normalise(output: &str) -> String {
+    let line = output.trim_start().lines().next().unwrap_or("").trim();
+    let line = line
+        .trim_end_matches('.')
+        .trim()
+        .to_lowercase()
+        .replace(", ", ",");
+    match line.as_str() {
+        "true" => return "t".to_owned(),
+        "false" => return "f".to_owned(),
+        _ => {}
+    }
+    let unsigned = line.strip_prefix('+').unwrap_or(&line);
+    match unsigned.parse::<i64>() {
+        Ok(number) if !unsigned.is_empty() => number.to_string(),
+        _ => line,
+    }
+}
+
+/// Whether `output` answers `problem`: equal to the reference after [`normalise`].
+pub fn verify(problem: &Problem, output: &str) -> bool {
+    normalise(output) == normalise(&problem.answer)
+}
