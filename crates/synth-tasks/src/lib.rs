@@ -26,7 +26,7 @@ mod domains;
 mod suites;
 
 pub use domains::generate;
-pub use suites::{Pair, Suite, pairs};
+pub use suites::{PERSONA_NAME, Pair, REFUSAL, Suite, UNKNOWN, pairs};
 
 use serde::{Deserialize, Serialize};
 
