@@ -152,7 +152,7 @@ pub(crate) fn split_by_hash(kind: &str, prompt: &str) -> Split {
     for byte in kind.bytes().chain([0]).chain(prompt.bytes()) {
         hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
     }
-    if hash % 10 == 0 {
+    if hash.is_multiple_of(10) {
         Split::HeldOut
     } else {
         Split::Train
