@@ -14,6 +14,27 @@
 //!
 //! A policy implements [`Policy`]: sample completions, score them differentiably, and
 //! score them under the frozen reference.
+//!
+//! ```
+//! use reinforce_kl::objective::advantages;
+//! use reinforce_kl::{Baseline, KlEstimator};
+//! use tch::{Kind, Tensor};
+//!
+//! // Two prompts, samples rewarded +1 / -1: leave-one-out centres each sample on the
+//! // mean of the other samples of its prompt.
+//! let rewards = vec![vec![1.0, -1.0, 1.0], vec![-1.0, -1.0]];
+//! let a = advantages(&rewards, Baseline::LeaveOneOut);
+//! assert_eq!(a[0], vec![1.0, -2.0, 1.0]);
+//! assert_eq!(a[1], vec![0.0, 0.0]);
+//!
+//! // k3 is never negative and is zero when the policies agree on the sampled tokens.
+//! let log_p = Tensor::from_slice(&[-0.5f32, -1.2]);
+//! let kl = KlEstimator::K3.sequence_kl(&log_p, &log_p, None, None);
+//! assert_eq!(kl.double_value(&[]), 0.0);
+//! let other = Tensor::from_slice(&[-0.7f32, -1.0]);
+//! assert!(KlEstimator::K3.sequence_kl(&log_p, &other, None, None).double_value(&[]) > 0.0);
+//! # let _ = Kind::Float;
+//! ```
 #![doc(test(attr(deny(warnings))))]
 
 mod checkpoint;
