@@ -332,6 +332,77 @@ impl CausalLm {
     }
 }
 
+/// Per-completion log-probabilities from one teacher-forced forward pass, kept on the
+/// model's device and differentiable (no gradient guard): what policy-gradient training
+/// needs.
+#[derive(Debug)]
+pub struct CompletionLogProbs {
+    /// Per completion, the log-probability of each of its tokens, `[T]` (f32).
+    pub token_log_probs: Vec<Tensor>,
+    /// Per completion, the full log-distribution at each of its positions, `[T, V]`
+    /// (f32), when asked for.
+    pub distributions: Option<Vec<Tensor>>,
+}
+
+impl CausalLm {
+    /// Log-probabilities of completions given prompts in one teacher-forced pass,
+    /// differentiable with respect to anything the forward depends on (adapters, for
+    /// instance). With `distributions`, also every position's full log-distribution.
+    pub fn completion_log_probs(
+        &self,
+        pairs: &[(&[i64], &[i64])],
+        distributions: bool,
+    ) -> Result<CompletionLogProbs> {
+        if let Some(i) = pairs.iter().position(|(p, c)| p.is_empty() || c.is_empty()) {
+            return Err(Error::Input(format!(
+                "pair {i}: prompt and completion must both be non-empty"
+            )));
+        }
+        let sequences: Vec<Vec<i64>> = pairs
+            .iter()
+            .map(|(p, c)| p.iter().chain(c.iter()).copied().collect())
+            .collect();
+        self.check_ids(&sequences)?;
+        let (ids, mask) = left_pad(&sequences, self.pad_id())?;
+        let logits = self.forward(&ids, Some(&mask), None)?;
+        let size = logits.size();
+        let (positions, vocab) = (size[1], size[2]);
+        let longest = sequences.iter().map(Vec::len).max().unwrap_or(0);
+        // Every predicting position of every completion, as rows of the flattened
+        // `[batch * positions, vocab]` logits. One gather keeps the backward pass to a
+        // single scatter; slicing per completion would make each slice's backward
+        // allocate a whole-batch gradient.
+        let mut rows = Vec::new();
+        let mut targets = Vec::new();
+        let mut lengths = Vec::with_capacity(pairs.len());
+        for (row, (prompt, completion)) in pairs.iter().enumerate() {
+            let offset = longest - sequences[row].len();
+            // The token at sequence position p is predicted from position p - 1.
+            let start = (offset + prompt.len() - 1) as i64;
+            let base = row as i64 * positions;
+            rows.extend((0..completion.len() as i64).map(|j| base + start + j));
+            targets.extend_from_slice(completion);
+            lengths.push(completion.len() as i64);
+        }
+        let device = logits.device();
+        let rows = Tensor::from_slice(&rows).to_device(device);
+        let targets = Tensor::from_slice(&targets).to_device(device);
+        let log_probs = logits
+            .view([-1, vocab])
+            .index_select(0, &rows)
+            .log_softmax(-1, Kind::Float);
+        let picked = log_probs
+            .gather(1, &targets.unsqueeze(1), false)
+            .squeeze_dim(1);
+        let token_log_probs = picked.split_with_sizes(&lengths, 0);
+        let all = distributions.then(|| log_probs.split_with_sizes(&lengths, 0));
+        Ok(CompletionLogProbs {
+            token_log_probs,
+            distributions: all,
+        })
+    }
+}
+
 /// Mean next-token cross-entropy of `logits` (`[batch, positions, vocab]`) against
 /// `input_ids` shifted by one, over positions where both the token and its successor
 /// are real (`attention_mask` 1; all positions when `None`). Differentiable.
@@ -381,6 +452,22 @@ fn choose(logits: &[f32], sampling: Sampling, sampler: &mut Sampler) -> (i64, f3
         }
         Sampling::Temperature { temperature, top_p } => {
             let log_p = log_softmax(temperature);
+            if top_p >= 1.0 {
+                // Every token is kept: walk the vocabulary in index order instead of
+                // sorting it (a sort per token dominates sampling over large vocabularies).
+                let mut target = sampler.uniform();
+                for (i, lp) in log_p.iter().enumerate() {
+                    target -= lp.exp();
+                    if target <= 0.0 {
+                        return (i as i64, *lp as f32);
+                    }
+                }
+                // Rounding left a sliver of mass: the most likely token takes it.
+                let best = (0..log_p.len())
+                    .max_by(|&a, &b| log_p[a].total_cmp(&log_p[b]).then(b.cmp(&a)))
+                    .expect("a non-empty vocabulary");
+                return (best as i64, log_p[best] as f32);
+            }
             let mut order: Vec<usize> = (0..logits.len()).collect();
             order.sort_by(|&a, &b| log_p[b].total_cmp(&log_p[a]).then(a.cmp(&b)));
             let mut kept = Vec::new();
@@ -408,6 +495,37 @@ fn choose(logits: &[f32], sampling: Sampling, sampler: &mut Sampler) -> (i64, f3
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn full_vocabulary_sampling_follows_the_distribution() {
+        let logits = [2.0f32, 1.0, 0.0, -1.0, 0.5];
+        let total: f64 = logits.iter().map(|&l| f64::from(l).exp()).sum();
+        // The index-order walk (top_p 1) and the sorted nucleus walk (top_p just under
+        // 1, which keeps every token here) must both draw from softmax(logits).
+        for top_p in [1.0, 0.999_999] {
+            let sampling = Sampling::Temperature {
+                temperature: 1.0,
+                top_p,
+            };
+            let mut sampler = Sampler(42);
+            let mut counts = [0usize; 5];
+            let draws = 40_000;
+            for _ in 0..draws {
+                let (token, log_p) = choose(&logits, sampling, &mut sampler);
+                let expected = f64::from(logits[token as usize]).exp() / total;
+                assert!((f64::from(log_p) - expected.ln()).abs() < 1e-5);
+                counts[token as usize] += 1;
+            }
+            for (i, &count) in counts.iter().enumerate() {
+                let expected = f64::from(logits[i]).exp() / total;
+                let observed = count as f64 / draws as f64;
+                assert!(
+                    (observed - expected).abs() < 0.01,
+                    "top_p {top_p}, token {i}: {observed:.4} vs {expected:.4}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn sampling_respects_top_p_and_temperature() {

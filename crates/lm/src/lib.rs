@@ -28,6 +28,8 @@ pub mod tokenizer;
 
 pub use config::{Architecture, ModelConfig};
 pub use error::{Error, Result};
-pub use generate::{Finish, GenerateConfig, Generated, Sampling, Score, next_token_loss};
+pub use generate::{
+    CompletionLogProbs, Finish, GenerateConfig, Generated, Sampling, Score, next_token_loss,
+};
 pub use model::{CausalLm, KvCache, Linear, LinearAdapter};
 pub use tokenizer::Tokenizer;

@@ -230,3 +230,46 @@ fn long_generations_grow_the_cache_and_stay_exact() {
         .unwrap()[0];
     assert!(score.greedy_exact);
 }
+
+#[test]
+fn completion_log_probs_match_scores_across_a_padded_batch() {
+    let model = model("llama");
+    let pairs: Vec<(Vec<i64>, Vec<i64>)> = vec![
+        (vec![5], vec![9, 14, 3]),
+        (vec![7, 8, 11, 2, 6], vec![4]),
+        (vec![3, 3], vec![12, 1]),
+    ];
+    let borrowed: Vec<(&[i64], &[i64])> = pairs
+        .iter()
+        .map(|(p, c)| (p.as_slice(), c.as_slice()))
+        .collect();
+    let scores = model.score(&pairs).unwrap();
+    let out = model.completion_log_probs(&borrowed, true).unwrap();
+    let distributions = out.distributions.as_ref().unwrap();
+    for (i, score) in scores.iter().enumerate() {
+        let got: Vec<f32> = out.token_log_probs[i].shallow_clone().try_into().unwrap();
+        assert_eq!(got.len(), score.token_log_probs.len());
+        for (a, b) in got.iter().zip(&score.token_log_probs) {
+            assert!((a - b).abs() < 1e-5, "pair {i}: {a} vs {b}");
+        }
+        // Each position's distribution normalises and holds the token's value.
+        let d = &distributions[i];
+        assert_eq!(d.size()[0], pairs[i].1.len() as i64);
+        let mass: Vec<f32> = d
+            .exp()
+            .sum_dim_intlist(1, false, Kind::Float)
+            .try_into()
+            .unwrap();
+        assert!(mass.iter().all(|m| (m - 1.0).abs() < 1e-4), "{mass:?}");
+        for (j, &token) in pairs[i].1.iter().enumerate() {
+            let at = d.double_value(&[j as i64, token]) as f32;
+            assert!((at - got[j]).abs() < 1e-6);
+        }
+    }
+    assert!(model.completion_log_probs(&[(&[1], &[])], false).is_err());
+    assert!(
+        model
+            .completion_log_probs(&[(&[1], &[1_000_000])], false)
+            .is_err()
+    );
+}
