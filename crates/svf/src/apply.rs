@@ -154,6 +154,16 @@ impl Svf {
         Ok(())
     }
 
+    /// Hands the layers the base scales `s` (`W' = W` up to the SVD's rounding) until
+    /// the next [`Svf::refresh`]: the frozen reference policy without a second model.
+    pub fn use_base_scales(&self) {
+        for (slot, f) in self.slots.iter().zip(self.decomposition.factors()) {
+            let mut target = slot.lock().expect("scale lock");
+            let (device, kind) = (target.device(), target.kind());
+            *target = f.s.to_device(device).to_kind(kind);
+        }
+    }
+
     /// The dense `W' = U diag(m) V^T` of every matrix, for the current scales.
     pub fn merged_weights(&self) -> Vec<(String, Tensor)> {
         let _guard = tch::no_grad_guard();
