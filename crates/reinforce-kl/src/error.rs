@@ -23,6 +23,12 @@ pub enum Error {
     /// The policy failed.
     #[error("policy: {0}")]
     Policy(String),
+    /// The language model failed.
+    #[error(transparent)]
+    Model(#[from] lm::Error),
+    /// SVF failed.
+    #[error(transparent)]
+    Svf(#[from] svf::Error),
     /// libtorch reported an error.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

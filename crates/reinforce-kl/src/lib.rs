@@ -13,7 +13,9 @@
 //!   are skipped and logged. Checkpoints resume to the same bits.
 //!
 //! A policy implements [`Policy`]: sample completions, score them differentiably, and
-//! score them under the frozen reference.
+//! score them under the frozen reference. [`SvfPolicy`] is one: a causal language model
+//! ([`lm`]) with one trainable SVF expert ([`svf`]), the reference being the same model
+//! with its base singular values.
 //!
 //! ```
 //! use reinforce_kl::objective::advantages;
@@ -41,11 +43,13 @@ mod checkpoint;
 mod error;
 pub mod objective;
 pub mod optim;
+pub mod svf_policy;
 mod trainer;
 
 pub use error::{Error, Result};
 pub use objective::{Baseline, KlEstimator};
 pub use optim::{AdamW, Grokfast, OptimizerConfig, Schedule};
+pub use svf_policy::{RolloutConfig, SvfPolicy};
 pub use trainer::{
     Event, Policy, Reduction, Report, Scores, TrainerConfig, TrainingState, Validation, train,
 };
