@@ -78,9 +78,14 @@ struct Args {
     /// Seed of data, initialisation and sampling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Where to save the trained expert.
+    /// Where to save the trained expert (its metadata records the settings, events and
+    /// before/after scores).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Training checkpoint: written after every epoch; an interrupted run started again
+    /// with the same arguments resumes from it.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
 }
 
 fn domain_named(name: &str) -> anyhow::Result<Domain> {
@@ -259,8 +264,10 @@ fn main() -> anyhow::Result<()> {
     };
     let tokenizer = &data.tokenizer;
     let rollout_tokens = std::cell::Cell::new(0usize);
+    let rollouts = std::cell::Cell::new(0usize);
     let reward = |prompt: &Vec<i64>, completion: &[i64]| -> f64 {
         rollout_tokens.set(rollout_tokens.get() + completion.len());
+        rollouts.set(rollouts.get() + 1);
         let Some(problem) = train_problems.get(prompt) else {
             return -1.0;
         };
@@ -293,27 +300,48 @@ fn main() -> anyhow::Result<()> {
             ..Validation::default()
         })
     };
-    let report = train(&mut policy, &prompts, &reward, &mut validate, &config, None)?;
+    let report = train(
+        &mut policy,
+        &prompts,
+        &reward,
+        &mut validate,
+        &config,
+        args.checkpoint.as_deref(),
+    )?;
     let seconds = training_started.elapsed().as_secs_f64();
     let step_seconds = seconds - validation_seconds.get();
     let (accuracy_after, _) = data.accuracy(&policy)?;
     let alignment_after = data.alignment(&mut policy)?;
 
-    println!(
-        "expert `{}` ({}): {} steps in {seconds:.1} s ({step_seconds:.1} s outside validation): \
-         {:.2} optimiser steps/min, {:.1} rollout tokens/s (sampling, scoring and update \
-         together), greedy validation {:.1} tokens/s",
-        domain.name(),
-        if args.attention {
-            "MLP + attention"
-        } else {
-            "MLP"
-        },
-        report.state.step,
-        report.state.step as f64 * 60.0 / step_seconds,
-        rollout_tokens.get() as f64 / step_seconds,
-        greedy_tokens as f64 / greedy_seconds
-    );
+    // Steps taken by this process (a resumed run counts only its own): every step
+    // rewards exactly prompts-per-step x samples rollouts.
+    let per_step = config.prompts_per_step.min(prompts.len()) * config.samples_per_prompt;
+    let steps_here = rollouts.get() / per_step.max(1);
+    let selection_name = if args.attention {
+        "MLP + attention"
+    } else {
+        "MLP"
+    };
+    if steps_here == 0 {
+        println!(
+            "expert `{}` ({selection_name}): the checkpoint holds a finished run of {} steps; \
+             nothing was trained now",
+            domain.name(),
+            report.state.step
+        );
+    } else {
+        println!(
+            "expert `{}` ({selection_name}): {steps_here} steps in {seconds:.1} s \
+             ({step_seconds:.1} s outside validation; {} steps in all): {:.2} optimiser \
+             steps/min, {:.1} rollout tokens/s (sampling, scoring and update together), \
+             greedy validation {:.1} tokens/s",
+            domain.name(),
+            report.state.step,
+            steps_here as f64 * 60.0 / step_seconds,
+            rollout_tokens.get() as f64 / step_seconds,
+            greedy_tokens as f64 / greedy_seconds
+        );
+    }
     for event in &report.state.events {
         if !matches!(event, Event::Validated { .. }) {
             println!("  event: {}", serde_json::to_string(event)?);
@@ -331,7 +359,25 @@ fn main() -> anyhow::Result<()> {
         "alignment     {alignment_before:6.3}  {alignment_after:5.3}  {:+.3}",
         alignment_after - alignment_before
     );
-    let (_, expert) = policy.into_parts()?;
+    let (_, mut expert) = policy.into_parts()?;
+    let scores = |accuracy: &[(Domain, f64)]| -> serde_json::Map<String, serde_json::Value> {
+        accuracy
+            .iter()
+            .map(|(d, a)| (d.name().to_owned(), serde_json::json!(a)))
+            .collect()
+    };
+    expert.training = serde_json::json!({
+        "domain": domain.name(),
+        "difficulty": args.difficulty,
+        "trainer": config,
+        "steps": report.state.step,
+        "seconds": seconds,
+        "held_out_accuracy_before": scores(&accuracy_before),
+        "held_out_accuracy_after": scores(&accuracy_after),
+        "alignment_before": alignment_before,
+        "alignment_after": alignment_after,
+        "events": report.state.events,
+    });
     if let Some(out) = &args.out {
         expert.save(out)?;
         println!("saved {}", out.display());
