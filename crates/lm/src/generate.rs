@@ -364,14 +364,15 @@ impl CausalLm {
             .collect();
         self.check_ids(&sequences)?;
         let (ids, mask) = left_pad(&sequences, self.pad_id())?;
-        let logits = self.forward(&ids, Some(&mask), None)?;
-        let size = logits.size();
-        let (positions, vocab) = (size[1], size[2]);
+        let hidden = self.hidden_states(&ids, Some(&mask), None)?;
+        let size = hidden.size();
+        let (positions, width) = (size[1], size[2]);
         let longest = sequences.iter().map(Vec::len).max().unwrap_or(0);
         // Every predicting position of every completion, as rows of the flattened
-        // `[batch * positions, vocab]` logits. One gather keeps the backward pass to a
-        // single scatter; slicing per completion would make each slice's backward
-        // allocate a whole-batch gradient.
+        // `[batch * positions, hidden]` states: only those reach the output projection
+        // (prompt positions never need the vocabulary), and one gather keeps the
+        // backward pass to a single scatter, where slicing per completion would make each
+        // slice's backward allocate a whole-batch gradient.
         let mut rows = Vec::new();
         let mut targets = Vec::new();
         let mut lengths = Vec::with_capacity(pairs.len());
@@ -384,13 +385,11 @@ impl CausalLm {
             targets.extend_from_slice(completion);
             lengths.push(completion.len() as i64);
         }
-        let device = logits.device();
+        let device = hidden.device();
         let rows = Tensor::from_slice(&rows).to_device(device);
         let targets = Tensor::from_slice(&targets).to_device(device);
-        let log_probs = logits
-            .view([-1, vocab])
-            .index_select(0, &rows)
-            .log_softmax(-1, Kind::Float);
+        let chosen = hidden.reshape([-1, width]).index_select(0, &rows);
+        let log_probs = self.project(&chosen).log_softmax(-1, Kind::Float);
         let picked = log_probs
             .gather(1, &targets.unsqueeze(1), false)
             .squeeze_dim(1);

@@ -388,6 +388,24 @@ impl CausalLm {
         cache: Option<&mut KvCache>,
         last_only: bool,
     ) -> Result<Tensor> {
+        let hidden = self.hidden_states(input_ids, attention_mask, cache)?;
+        let hidden = if last_only {
+            let new = hidden.size()[1];
+            hidden.narrow(1, new - 1, 1)
+        } else {
+            hidden
+        };
+        Ok(self.project(&hidden))
+    }
+
+    /// The last block's output `[batch, new positions, hidden]` (before the final norm),
+    /// with the same inputs and cache handling as [`CausalLm::forward`].
+    pub(crate) fn hidden_states(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
         let size = input_ids.size();
         let [batch, new] = size[..] else {
             return Err(Error::Input(format!(
@@ -434,13 +452,16 @@ impl CausalLm {
         if let Some(cache) = cache {
             cache.mask = Some(full_mask);
         }
-        let hidden = if last_only {
-            hidden.narrow(1, new - 1, 1)
-        } else {
-            hidden
-        };
-        let hidden = self.norm.forward(&hidden);
-        Ok(hidden.matmul(&self.lm_head.tr()).to_kind(Kind::Float))
+        Ok(hidden)
+    }
+
+    /// Final norm and output projection: logits (f32) for hidden states `[.., hidden]`.
+    /// Per position, so it commutes with choosing positions first.
+    pub(crate) fn project(&self, hidden: &Tensor) -> Tensor {
+        self.norm
+            .forward(hidden)
+            .matmul(&self.lm_head.tr())
+            .to_kind(Kind::Float)
     }
 
     fn rotary(&self, positions: &Tensor) -> (Tensor, Tensor) {
