@@ -66,6 +66,10 @@ struct Args {
     /// KL coefficient.
     #[arg(long, default_value_t = 0.1)]
     kl: f64,
+    /// Completions scored and back-propagated together (gradient accumulation; lower
+    /// it to cut peak memory; 0 means the whole step at once).
+    #[arg(long, default_value_t = 32)]
+    score_chunk: usize,
     /// Most new tokens per completion.
     #[arg(long, default_value_t = 12)]
     max_new_tokens: usize,
@@ -257,6 +261,7 @@ fn main() -> anyhow::Result<()> {
             learning_rate: args.learning_rate,
             ..OptimizerConfig::default()
         },
+        score_chunk: (args.score_chunk > 0).then_some(args.score_chunk),
         alignment_warn: args.alignment_warn,
         alignment_stop: args.alignment_stop,
         seed: args.seed,

@@ -116,6 +116,10 @@ pub struct TrainerConfig {
     pub patience: usize,
     /// Consecutive skipped (non-finite) steps before giving up. Default 5.
     pub max_bad_steps: usize,
+    /// Completions scored and back-propagated together; a step's gradient is accumulated
+    /// over chunks of this many, so peak memory follows the chunk rather than the whole
+    /// batch (the result is the same up to rounding). Default `None`: all at once.
+    pub score_chunk: Option<usize>,
     /// Seed of prompt selection and sampling. Default 0.
     pub seed: u64,
 }
@@ -141,6 +145,7 @@ impl Default for TrainerConfig {
             restart_kl_factor: 4.0,
             patience: 3,
             max_bad_steps: 5,
+            score_chunk: None,
             seed: 0,
         }
     }
@@ -326,57 +331,63 @@ pub fn train<P: Policy>(
                 .flat_map(|(i, group)| group.iter().map(move |c| (i, c.clone())))
                 .collect();
             let flat_advantages: Vec<f64> = advantage.into_iter().flatten().collect();
-            let scores = policy.score(&batch, &completions, needs_distributions)?;
-            let reference = if state.kl_coefficient > 0.0 {
-                Some(tch::no_grad(|| {
-                    policy.score_reference(&batch, &completions, needs_distributions)
-                })?)
-            } else {
-                None
-            };
-            let n = completions.len() as f64;
-            let mut loss = Tensor::zeros([], (Kind::Float, scores.token_log_probs[0].device()));
-            for (i, log_p) in scores.token_log_probs.iter().enumerate() {
-                let sequence = match config.reduction {
-                    Reduction::Sum => log_p.sum(Kind::Float),
-                    Reduction::Mean => log_p.mean(Kind::Float),
-                };
-                loss = loss - sequence * (flat_advantages[i] / n);
-                if let Some(reference) = &reference {
-                    let kl = config.kl_estimator.sequence_kl(
-                        log_p,
-                        &reference.token_log_probs[i],
-                        scores.distributions.as_ref().map(|d| &d[i]),
-                        reference.distributions.as_ref().map(|d| &d[i]),
-                    );
-                    kl_sum += kl.double_value(&[]);
-                    kl_count += 1;
-                    loss = loss + kl * (state.kl_coefficient / n);
-                }
-                if config.entropy_bonus > 0.0
-                    && let Some(distributions) = &scores.distributions
-                {
-                    let d = &distributions[i];
-                    let entropy = -(d.exp() * d).sum(Kind::Float);
-                    loss = loss - entropy * (config.entropy_bonus / n);
-                }
-            }
             for p in &parameters {
                 p.shallow_clone().zero_grad();
             }
-            let loss_value = loss.double_value(&[]);
-            let skipped = if loss_value.is_finite() {
+            let n = completions.len() as f64;
+            let chunk = config.score_chunk.unwrap_or(completions.len()).max(1);
+            let mut skipped = None;
+            for start in (0..completions.len()).step_by(chunk) {
+                let part = &completions[start..(start + chunk).min(completions.len())];
+                let scores = policy.score(&batch, part, needs_distributions)?;
+                let reference = if state.kl_coefficient > 0.0 {
+                    Some(tch::no_grad(|| {
+                        policy.score_reference(&batch, part, needs_distributions)
+                    })?)
+                } else {
+                    None
+                };
+                let mut loss = Tensor::zeros([], (Kind::Float, scores.token_log_probs[0].device()));
+                for (j, log_p) in scores.token_log_probs.iter().enumerate() {
+                    let sequence = match config.reduction {
+                        Reduction::Sum => log_p.sum(Kind::Float),
+                        Reduction::Mean => log_p.mean(Kind::Float),
+                    };
+                    loss = loss - sequence * (flat_advantages[start + j] / n);
+                    if let Some(reference) = &reference {
+                        let kl = config.kl_estimator.sequence_kl(
+                            log_p,
+                            &reference.token_log_probs[j],
+                            scores.distributions.as_ref().map(|d| &d[j]),
+                            reference.distributions.as_ref().map(|d| &d[j]),
+                        );
+                        kl_sum += kl.double_value(&[]);
+                        kl_count += 1;
+                        loss = loss + kl * (state.kl_coefficient / n);
+                    }
+                    if config.entropy_bonus > 0.0
+                        && let Some(distributions) = &scores.distributions
+                    {
+                        let d = &distributions[j];
+                        let entropy = -(d.exp() * d).sum(Kind::Float);
+                        loss = loss - entropy * (config.entropy_bonus / n);
+                    }
+                }
+                let loss_value = loss.double_value(&[]);
+                if !loss_value.is_finite() {
+                    skipped = Some(format!("the loss is {loss_value}"));
+                    break;
+                }
                 loss.backward();
+            }
+            if skipped.is_none() {
                 match optimizer.filtered_gradients(&parameters) {
                     Some(gradients) => {
                         optimizer.apply(&parameters, gradients);
-                        None
                     }
-                    None => Some("a gradient is not finite".to_owned()),
+                    None => skipped = Some("a gradient is not finite".to_owned()),
                 }
-            } else {
-                Some(format!("the loss is {loss_value}"))
-            };
+            }
             match skipped {
                 Some(reason) => {
                     state.events.push(Event::SkippedStep { step, reason });

@@ -212,3 +212,50 @@ fn reinforce_raises_a_rewarded_behaviour_of_a_real_model() {
         .double_value(&[]);
     assert!(diff < 1e-5, "{diff}");
 }
+
+#[test]
+fn chunked_scoring_accumulates_the_same_step() {
+    let rollout = RolloutConfig {
+        max_new_tokens: 3,
+        ..RolloutConfig::default()
+    };
+    let prompts = prompts();
+    let reward = |_: &Vec<i64>, completion: &[i64]| {
+        if completion.contains(&17) { 1.0 } else { -1.0 }
+    };
+    let mut trained = Vec::new();
+    for chunk in [None, Some(5), Some(1)] {
+        let mut policy = policy(&Selection::mlp(), 0.1, rollout.clone());
+        let config = TrainerConfig {
+            epochs: 1,
+            steps_per_epoch: 2,
+            prompts_per_step: 4,
+            samples_per_prompt: 4,
+            kl_coefficient: 0.05,
+            entropy_bonus: 0.01,
+            optimizer: OptimizerConfig {
+                learning_rate: 0.05,
+                ..OptimizerConfig::default()
+            },
+            score_chunk: chunk,
+            ..TrainerConfig::default()
+        };
+        let mut validate =
+            |_: &mut SvfPolicy| -> reinforce_kl::Result<Validation> { Ok(Validation::default()) };
+        train(&mut policy, &prompts, &reward, &mut validate, &config, None).unwrap();
+        trained.push(policy.parameters().iter().map(values).collect::<Vec<_>>());
+    }
+    let initial = 0.1f32;
+    assert!(
+        trained[0]
+            .iter()
+            .flatten()
+            .any(|z| (z - initial).abs() > 1e-3),
+        "the steps did not move z"
+    );
+    for other in &trained[1..] {
+        for (a, b) in trained[0].iter().flatten().zip(other.iter().flatten()) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+}
