@@ -1,20 +1,34 @@
-//! Causal language models on libtorch through [`tch`].
+//! Causal language models on libtorch through [`tch`]: Llama, Qwen2, Mistral and BitNet
+//! b1.58 checkpoints in the Hugging Face layout.
 //!
-//! This crate will hold the Llama-family and BitNet models of the phase7 workspace
-//! (loading HF checkpoints, batched generation, one-pass scoring). Today it provides
-//! the part every other piece stands on: [`device`], which finds the libtorch this
-//! process runs on, makes its CUDA backend visible, and turns `auto|cpu|cuda|cuda:N`
-//! into a checked [`tch::Device`].
+//! * [`device`] finds the libtorch this process runs on, makes its CUDA backend visible
+//!   and turns `auto|cpu|cuda|cuda:N` into a checked [`tch::Device`].
+//! * [`CausalLm::load`] reads `config.json` and the weights (float, or BitNet packed /
+//!   online-quantized through `bitnet-dequant`); BitNet layers run as BitLinear (8-bit
+//!   activations) unless switched off.
+//! * [`CausalLm::generate`] decodes a left-padded batch with a KV cache, greedy or
+//!   seeded temperature / top-p sampling, with stop tokens or stop strings.
+//! * [`CausalLm::score`] scores completions in one teacher-forced pass (and tells
+//!   whether greedy decoding would produce them); [`CausalLm::completion_log_probs`]
+//!   does the same differentiably, for training.
+//! * [`LinearAdapter`] lets another crate replace a linear layer's forward (SVF does).
+//! * [`Tokenizer`] wraps `tokenizer.json`.
 //!
 //! ```
-//! use lm::device::{self, DeviceRequest};
+//! use lm::{CausalLm, GenerateConfig};
+//! use tch::{Device, Kind};
+//!
+//! let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama");
+//! let model = CausalLm::load(&dir, Device::Cpu, Kind::Float)?;
+//! let prompts = vec![vec![5, 9, 14], vec![3, 27]];
+//! let config = GenerateConfig { max_new_tokens: 4, ..GenerateConfig::default() };
+//! let generated = model.generate(&prompts, &config)?;
+//! // Greedy decoding reproduces itself when scored.
+//! let pairs = vec![(prompts[0].clone(), generated[0].tokens.clone())];
+//! assert!(model.score(&pairs)?[0].greedy_exact);
 //!
 //! // Load libtorch's CUDA backend (when present) and report what this process can use.
-//! let runtime = device::runtime();
-//! println!("{runtime}");
-//! let device = device::resolve(DeviceRequest::Auto)?;
-//! let x = tch::Tensor::ones([2, 2], (tch::Kind::Float, device));
-//! assert_eq!(x.sum(tch::Kind::Float).double_value(&[]), 4.0);
+//! println!("{}", lm::device::runtime());
 //! # Ok::<(), lm::Error>(())
 //! ```
 #![doc(test(attr(deny(warnings))))]
