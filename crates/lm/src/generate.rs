@@ -291,35 +291,22 @@ impl CausalLm {
     /// log-probability of each completion token, their sum and mean, and whether greedy
     /// decoding would reproduce the completion exactly.
     pub fn score(&self, pairs: &[(Vec<i64>, Vec<i64>)]) -> Result<Vec<Score>> {
-        if let Some(i) = pairs.iter().position(|(p, c)| p.is_empty() || c.is_empty()) {
-            return Err(Error::Input(format!(
-                "pair {i}: prompt and completion must both be non-empty"
-            )));
-        }
-        let sequences: Vec<Vec<i64>> = pairs
-            .iter()
-            .map(|(p, c)| p.iter().chain(c).copied().collect())
-            .collect();
-        self.check_ids(&sequences)?;
         let _guard = tch::no_grad_guard();
-        let (ids, mask) = left_pad(&sequences, self.pad_id())?;
-        let logits = self.forward(&ids, Some(&mask), None)?;
-        let log_probs = logits.log_softmax(-1, Kind::Float);
-        let best = logits.argmax(-1, false).to_device(tch::Device::Cpu);
-        let log_probs = log_probs.to_device(tch::Device::Cpu);
-        let longest = sequences.iter().map(Vec::len).max().unwrap_or(0);
+        let borrowed: Vec<(&[i64], &[i64])> = pairs
+            .iter()
+            .map(|(p, c)| (p.as_slice(), c.as_slice()))
+            .collect();
+        let out = self.completion_log_probs(&borrowed, true)?;
+        let distributions = out.distributions.unwrap_or_default();
         let mut scores = Vec::with_capacity(pairs.len());
-        for (row, (prompt, completion)) in pairs.iter().enumerate() {
-            let offset = longest - sequences[row].len();
-            let mut token_log_probs = Vec::with_capacity(completion.len());
-            let mut greedy_exact = true;
-            for (j, &token) in completion.iter().enumerate() {
-                // The token at sequence position p is predicted from position p - 1.
-                let at = (offset + prompt.len() + j - 1) as i64;
-                let row_i = row as i64;
-                token_log_probs.push(log_probs.double_value(&[row_i, at, token]) as f32);
-                greedy_exact &= best.int64_value(&[row_i, at]) == token;
-            }
+        for ((token_log_probs, distribution), (_, completion)) in
+            out.token_log_probs.iter().zip(&distributions).zip(pairs)
+        {
+            let token_log_probs =
+                Vec::<f32>::try_from(token_log_probs.to_device(tch::Device::Cpu))?;
+            let best =
+                Vec::<i64>::try_from(distribution.argmax(-1, false).to_device(tch::Device::Cpu))?;
+            let greedy_exact = best == *completion;
             let sum: f64 = token_log_probs.iter().map(|&v| f64::from(v)).sum();
             scores.push(Score {
                 sum,

@@ -243,27 +243,35 @@ fn completion_log_probs_match_scores_across_a_padded_batch() {
         .iter()
         .map(|(p, c)| (p.as_slice(), c.as_slice()))
         .collect();
-    let scores = model.score(&pairs).unwrap();
     let out = model.completion_log_probs(&borrowed, true).unwrap();
     let distributions = out.distributions.as_ref().unwrap();
-    for (i, score) in scores.iter().enumerate() {
+    for (i, (prompt, completion)) in pairs.iter().enumerate() {
+        // Independently: each pair alone, through the plain forward over every position.
+        let sequence: Vec<i64> = prompt.iter().chain(completion).copied().collect();
+        let ids = tch::Tensor::from_slice(&sequence).view([1, -1]);
+        let full = model
+            .forward(&ids, None, None)
+            .unwrap()
+            .log_softmax(-1, Kind::Float);
         let got: Vec<f32> = out.token_log_probs[i].shallow_clone().try_into().unwrap();
-        assert_eq!(got.len(), score.token_log_probs.len());
-        for (a, b) in got.iter().zip(&score.token_log_probs) {
-            assert!((a - b).abs() < 1e-5, "pair {i}: {a} vs {b}");
-        }
-        // Each position's distribution normalises and holds the token's value.
+        assert_eq!(got.len(), completion.len());
         let d = &distributions[i];
-        assert_eq!(d.size()[0], pairs[i].1.len() as i64);
-        let mass: Vec<f32> = d
-            .exp()
-            .sum_dim_intlist(1, false, Kind::Float)
-            .try_into()
-            .unwrap();
-        assert!(mass.iter().all(|m| (m - 1.0).abs() < 1e-4), "{mass:?}");
-        for (j, &token) in pairs[i].1.iter().enumerate() {
-            let at = d.double_value(&[j as i64, token]) as f32;
-            assert!((at - got[j]).abs() < 1e-6);
+        assert_eq!(d.size(), [completion.len() as i64, 64]);
+        for (j, &token) in completion.iter().enumerate() {
+            let at = (prompt.len() + j - 1) as i64;
+            let want = full.double_value(&[0, at, token]) as f32;
+            assert!(
+                (got[j] - want).abs() < 1e-5,
+                "pair {i} token {j}: {} vs {want}",
+                got[j]
+            );
+            let row = d.get(j as i64);
+            let reference = full.get(0).get(at);
+            let gap = (&row - &reference).abs().max().double_value(&[]);
+            assert!(
+                gap < 1e-5,
+                "pair {i} position {j}: distributions differ by {gap}"
+            );
         }
     }
     assert!(model.completion_log_probs(&[(&[1], &[])], false).is_err());
