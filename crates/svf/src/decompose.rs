@@ -251,19 +251,8 @@ impl Decomposition {
 
     /// Reads a decomposition written by [`Decomposition::save`].
     pub fn load(path: &Path) -> Result<Self> {
-        let error = |message: String| Error::File {
-            path: path.to_path_buf(),
-            message,
-        };
-        let metadata = crate::read_file_metadata(path, CACHE_FORMAT, CACHE_VERSION)?;
-        let field = |key: &str| {
-            metadata
-                .get(key)
-                .cloned()
-                .ok_or_else(|| error(format!("metadata `{key}` is missing")))
-        };
-        let selection: Selection = serde_json::from_str(&field("selection")?)
-            .map_err(|e| error(format!("metadata `selection` is invalid: {e}")))?;
+        let metadata = crate::FileMetadata::read(path, CACHE_FORMAT, CACHE_VERSION)?;
+        let selection: Selection = metadata.parse("selection")?;
         let tensors: BTreeMap<String, Tensor> =
             Tensor::read_safetensors(path)?.into_iter().collect();
         let mut names: Vec<&String> = tensors.keys().filter(|k| k.ends_with(".S")).collect();
@@ -276,7 +265,7 @@ impl Decomposition {
                 tensors
                     .get(&format!("{base}.{suffix}"))
                     .map(Tensor::shallow_clone)
-                    .ok_or_else(|| error(format!("tensor `{base}.{suffix}` is missing")))
+                    .ok_or_else(|| metadata.error(format!("tensor `{base}.{suffix}` is missing")))
             };
             factors.push(Factors {
                 u: take("U")?,
@@ -287,7 +276,7 @@ impl Decomposition {
         }
         Ok(Self {
             factors,
-            base_hash: field("base_hash")?,
+            base_hash: metadata.field("base_hash")?,
             selection,
         })
     }

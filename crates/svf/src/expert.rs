@@ -147,35 +147,19 @@ impl Expert {
 
     /// Reads an expert written by [`Expert::save`].
     pub fn load(path: &Path) -> Result<Self> {
-        let error = |message: String| Error::File {
-            path: path.to_path_buf(),
-            message,
-        };
-        let metadata = crate::read_file_metadata(path, EXPERT_FORMAT, EXPERT_VERSION)?;
-        let field = |key: &str| {
-            metadata
-                .get(key)
-                .cloned()
-                .ok_or_else(|| error(format!("metadata `{key}` is missing")))
-        };
-        let parse = |key: &str| -> Result<serde_json::Value> {
-            serde_json::from_str(&field(key)?)
-                .map_err(|e| error(format!("metadata `{key}` is invalid: {e}")))
-        };
+        let metadata = crate::FileMetadata::read(path, EXPERT_FORMAT, EXPERT_VERSION)?;
         let mut z: Vec<(String, Tensor)> = Tensor::read_safetensors(path)?
             .into_iter()
             .map(|(name, t)| (name.trim_end_matches(".z").to_owned(), t))
             .collect();
         z.sort_by_key(|(name, _)| layer_order(name));
         Ok(Self {
-            name: field("name")?,
+            name: metadata.field("name")?,
             z,
-            base_hash: field("base_hash")?,
-            selection: serde_json::from_value(parse("selection")?)
-                .map_err(|e| error(format!("metadata `selection` is invalid: {e}")))?,
-            composition: serde_json::from_value(parse("composition")?)
-                .map_err(|e| error(format!("metadata `composition` is invalid: {e}")))?,
-            training: parse("training")?,
+            base_hash: metadata.field("base_hash")?,
+            selection: metadata.parse("selection")?,
+            composition: metadata.parse("composition")?,
+            training: metadata.parse("training")?,
         })
     }
 

@@ -48,27 +48,57 @@ mod expert;
 
 pub use apply::Svf;
 
-/// Reads the `__metadata__` of a safetensors file and checks its `format` and `version`.
-pub(crate) fn read_file_metadata(
-    path: &std::path::Path,
-    format: &str,
-    version: &str,
-) -> Result<std::collections::HashMap<String, String>> {
-    let error = |message: String| Error::File {
-        path: path.to_path_buf(),
-        message,
-    };
-    let bytes = bitnet_dequant::io::map_file(path).map_err(|e| error(e.to_string()))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| error(format!("not a valid safetensors file: {e}")))?;
-    let metadata = header.metadata().clone().unwrap_or_default();
-    if metadata.get("format").map(String::as_str) != Some(format)
-        || metadata.get("version").map(String::as_str) != Some(version)
-    {
-        return Err(error(format!("not a {format} version {version} file")));
-    }
-    Ok(metadata)
+/// The `__metadata__` of one of this crate's safetensors files, with errors that name it.
+pub(crate) struct FileMetadata {
+    path: std::path::PathBuf,
+    fields: std::collections::HashMap<String, String>,
 }
+
+impl FileMetadata {
+    /// Reads the metadata of `path` and checks its `format` and `version`.
+    pub(crate) fn read(path: &std::path::Path, format: &str, version: &str) -> Result<Self> {
+        let error = |message: String| Error::File {
+            path: path.to_path_buf(),
+            message,
+        };
+        let bytes = bitnet_dequant::io::map_file(path).map_err(|e| error(e.to_string()))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| error(format!("not a valid safetensors file: {e}")))?;
+        let fields = header.metadata().clone().unwrap_or_default();
+        if fields.get("format").map(String::as_str) != Some(format)
+            || fields.get("version").map(String::as_str) != Some(version)
+        {
+            return Err(error(format!("not a {format} version {version} file")));
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            fields,
+        })
+    }
+
+    /// An error about this file.
+    pub(crate) fn error(&self, message: String) -> Error {
+        Error::File {
+            path: self.path.clone(),
+            message,
+        }
+    }
+
+    /// A field's text.
+    pub(crate) fn field(&self, key: &str) -> Result<String> {
+        self.fields
+            .get(key)
+            .cloned()
+            .ok_or_else(|| self.error(format!("metadata `{key}` is missing")))
+    }
+
+    /// A field holding JSON, parsed.
+    pub(crate) fn parse<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<T> {
+        serde_json::from_str(&self.field(key)?)
+            .map_err(|e| self.error(format!("metadata `{key}` is invalid: {e}")))
+    }
+}
+
 pub use compose::{Composition, Mixture};
 pub use decompose::{Decomposition, Factors, Selection};
 pub use error::{Error, Result};

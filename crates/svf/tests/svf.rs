@@ -206,6 +206,31 @@ fn experts_round_trip_and_refuse_another_base() {
         .unwrap_err()
         .to_string();
     assert!(message.contains("bad.safetensors"), "{message}");
+
+    // An expert is not a decomposition, and a field left out is named.
+    expert.save(&dir.join("expert.safetensors")).unwrap();
+    let message = Decomposition::load(&dir.join("expert.safetensors"))
+        .err()
+        .expect("an expert file is refused as a decomposition")
+        .to_string();
+    assert!(
+        message.contains("expert.safetensors") && message.contains("not a"),
+        "{message}"
+    );
+    let metadata: HashMap<String, String> = [("format", "svf-expert"), ("version", "1")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let no_tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = Vec::new();
+    let bytes = safetensors::serialize(no_tensors, Some(metadata)).unwrap();
+    std::fs::write(dir.join("incomplete.safetensors"), bytes).unwrap();
+    let message = Expert::load(&dir.join("incomplete.safetensors"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("incomplete.safetensors") && message.contains("`name` is missing"),
+        "{message}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
