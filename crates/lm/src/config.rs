@@ -92,6 +92,9 @@ pub struct ModelConfig {
     pub eos_token_ids: Vec<i64>,
     /// Padding token.
     pub pad_token_id: Option<i64>,
+    /// Standard deviation of freshly initialised weights (`initializer_range`, default
+    /// 0.02); only [`crate::CausalLm::init`] uses it.
+    pub initializer_range: f64,
 }
 
 fn get_usize(map: &Map<String, Value>, key: &str, path: &Path) -> Result<Option<usize>> {
@@ -292,6 +295,7 @@ impl ModelConfig {
             bos_token_id: map.get("bos_token_id").and_then(Value::as_i64),
             eos_token_ids: token_ids(map.get("eos_token_id")),
             pad_token_id: map.get("pad_token_id").and_then(Value::as_i64),
+            initializer_range: get_f64(map, "initializer_range", path)?.unwrap_or(0.02),
         })
     }
 }

@@ -45,27 +45,62 @@ impl Linear {
         std::mem::replace(&mut self.adapter, adapter)
     }
 
-    fn forward(&self, x: &Tensor, quantize: bool) -> Tensor {
-        let input = if self.bitlinear && quantize {
+    fn forward(&self, x: &Tensor, quantization: Quantization) -> Tensor {
+        let input = if self.bitlinear && quantization.activations {
             quantize_activations(x)
         } else {
             x.shallow_clone()
         };
         match &self.adapter {
             Some(adapter) => adapter.forward(&input, self),
+            None if self.bitlinear && quantization.weights => {
+                input.linear(&ternarize_weights(&self.weight), self.bias.as_ref())
+            }
             None => input.linear(&self.weight, self.bias.as_ref()),
         }
     }
 }
 
+/// Which BitLinear quantizations a forward applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Quantization {
+    activations: bool,
+    weights: bool,
+}
+
+/// `quantized` in the forward, `x`'s gradient in the backward (straight-through
+/// estimator): rounding has a zero derivative almost everywhere, which would stop every
+/// gradient at a quantizer. Only when `x` needs a gradient; otherwise `quantized` as is,
+/// so inference matches transformers bit for bit.
+fn straight_through(x: &Tensor, quantized: Tensor) -> Tensor {
+    if x.requires_grad() {
+        x + (quantized - x).detach()
+    } else {
+        quantized
+    }
+}
+
 /// transformers' BitNet activation quantization: per token (last dimension),
-/// `s = 127 / max(|x|, 1e-5)`, `round(x * s).clamp(-128, 127) / s`.
+/// `s = 127 / max(|x|, 1e-5)`, `round(x * s).clamp(-128, 127) / s`. Differentiable as
+/// the identity (straight-through) when `x` requires a gradient.
 pub fn quantize_activations(x: &Tensor) -> Tensor {
     let scale = 127.0 / x.abs().amax([-1i64].as_slice(), true).clamp_min(1e-5);
-    (x * &scale).round().clamp(-128.0, 127.0) / scale
+    let quantized = (x * &scale).round().clamp(-128.0, 127.0) / scale;
+    straight_through(x, quantized)
+}
+
+/// BitNet b1.58 weight quantization of latent weights (absmean, per tensor):
+/// `s = 1 / max(mean(|W|), 1e-5)`, `round(W * s).clamp(-1, 1) / s`, as transformers'
+/// online quantization and `bitnet-dequant`'s packing compute it. Differentiable as the
+/// identity (straight-through) when `w` requires a gradient: quantization-aware training.
+pub fn ternarize_weights(w: &Tensor) -> Tensor {
+    let scale = 1.0 / w.abs().mean(Kind::Float).clamp_min(1e-5).to_kind(w.kind());
+    let quantized = (w * &scale).round().clamp(-1.0, 1.0) / scale;
+    straight_through(w, quantized)
 }
 
 struct RmsNorm {
+    name: String,
     weight: Tensor,
     eps: f64,
 }
@@ -174,10 +209,11 @@ pub struct CausalLm {
     blocks: Vec<Block>,
     norm: RmsNorm,
     lm_head: Tensor,
+    tied_embeddings: bool,
     inv_freq: Tensor,
     device: Device,
     kind: Kind,
-    quantize_activations: bool,
+    quantization: Quantization,
 }
 
 impl CausalLm {
@@ -188,7 +224,7 @@ impl CausalLm {
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let checkpoint = Checkpoint::open(dir)?;
         let mut loader = Loader {
-            checkpoint: &checkpoint,
+            source: Source::Checkpoint(&checkpoint),
             path: dir.to_path_buf(),
             device,
             kind,
@@ -197,6 +233,65 @@ impl CausalLm {
         let model = Self::build(config, &mut loader)?;
         loader.check_all_used()?;
         Ok(model)
+    }
+
+    /// A freshly initialised model for training: norms 1, every other weight drawn from
+    /// N(0, `config.initializer_range`^2) after `tch::manual_seed(seed)` (libtorch's
+    /// global generator, so the same seed gives the same weights on one device type).
+    /// Every weight requires a gradient ([`CausalLm::named_parameters`]). A BitNet
+    /// config gives BitLinear layers with 8-bit activations; switch
+    /// [`CausalLm::set_weight_quantization`] on for quantization-aware training.
+    pub fn init(config: ModelConfig, seed: u64, device: Device, kind: Kind) -> Result<Self> {
+        crate::device::runtime();
+        if !(config.initializer_range.is_finite() && config.initializer_range > 0.0) {
+            return Err(Error::Input(format!(
+                "initializer_range is {}, expected a positive standard deviation",
+                config.initializer_range
+            )));
+        }
+        tch::manual_seed(seed as i64);
+        let mut loader = Loader {
+            source: Source::Random {
+                std: config.initializer_range,
+            },
+            path: PathBuf::from("<initialised>"),
+            device,
+            kind,
+            used: Vec::new(),
+        };
+        Self::build(config, &mut loader)
+    }
+
+    /// Every weight by its Hugging Face name (shallow clones: training them trains the
+    /// model), embeddings first, then layer by layer; `lm_head.weight` only when it is
+    /// not tied to the embeddings.
+    pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_owned(),
+            self.embed.shallow_clone(),
+        )];
+        let linear = |l: &Linear| (format!("{}.weight", l.name), l.weight.shallow_clone());
+        let norm = |n: &RmsNorm| (n.name.clone(), n.weight.shallow_clone());
+        for block in &self.blocks {
+            out.push(norm(&block.input_norm));
+            let a = &block.attention;
+            out.extend([&a.q, &a.k, &a.v, &a.o].map(linear));
+            out.extend(a.sub_norm.iter().map(norm));
+            out.push(norm(&block.post_attention_norm));
+            let m = &block.mlp;
+            out.extend([&m.gate, &m.up, &m.down].map(linear));
+            out.extend(m.sub_norm.iter().map(norm));
+            for l in [&a.q, &a.k, &a.v, &a.o, &m.gate, &m.up, &m.down] {
+                if let Some(bias) = &l.bias {
+                    out.push((format!("{}.bias", l.name), bias.shallow_clone()));
+                }
+            }
+        }
+        out.push(norm(&self.norm));
+        if !self.tied_embeddings {
+            out.push(("lm_head.weight".to_owned(), self.lm_head.shallow_clone()));
+        }
+        out
     }
 
     fn build(config: ModelConfig, loader: &mut Loader<'_>) -> Result<Self> {
@@ -208,16 +303,21 @@ impl CausalLm {
         let bitnet = config.architecture == Architecture::BitNet;
         // Only a quantized BitNet checkpoint has BitLinear layers: transformers runs a
         // float BitNet checkpoint (no bitnet quantization_config) with plain linears.
-        let quantized = matches!(
-            loader.checkpoint.format(),
-            bitnet_dequant::Format::HfPacked | bitnet_dequant::Format::HfOnline
-        );
+        // A freshly initialised BitNet model is trained as BitLinear (QAT).
+        let quantized = match loader.source {
+            Source::Checkpoint(checkpoint) => matches!(
+                checkpoint.format(),
+                bitnet_dequant::Format::HfPacked | bitnet_dequant::Format::HfOnline
+            ),
+            Source::Random { .. } => true,
+        };
         let bitlinear = bitnet && quantized;
         let embed = loader.tensor("model.embed_tokens.weight", &[config.vocab_size as i64, h])?;
         let norm = |loader: &mut Loader<'_>, name: String, size: i64| -> Result<RmsNorm> {
             Ok(RmsNorm {
                 weight: loader.tensor(&name, &[size])?,
                 eps: config.rms_norm_eps,
+                name,
             })
         };
         let mut blocks = Vec::with_capacity(config.num_hidden_layers);
@@ -306,7 +406,8 @@ impl CausalLm {
             });
         }
         let final_norm = norm(loader, "model.norm.weight".into(), h)?;
-        let lm_head = if config.tie_word_embeddings && !loader.has("lm_head.weight") {
+        let tied_embeddings = config.tie_word_embeddings && !loader.has("lm_head.weight");
+        let lm_head = if tied_embeddings {
             embed.shallow_clone()
         } else {
             loader.tensor("lm_head.weight", &[config.vocab_size as i64, h])?
@@ -317,10 +418,14 @@ impl CausalLm {
             blocks,
             norm: final_norm,
             lm_head,
+            tied_embeddings,
             inv_freq,
             device: loader.device,
             kind: loader.kind,
-            quantize_activations: bitlinear,
+            quantization: Quantization {
+                activations: bitlinear,
+                weights: false,
+            },
             config,
         })
     }
@@ -342,7 +447,14 @@ impl CausalLm {
 
     /// Switches BitLinear activation quantization (on by default for BitNet models).
     pub fn set_activation_quantization(&mut self, on: bool) {
-        self.quantize_activations = on;
+        self.quantization.activations = on;
+    }
+
+    /// Switches ternary weight quantization of BitLinear layers (off by default; for
+    /// quantization-aware training of latent float weights, see [`ternarize_weights`]).
+    /// A packed checkpoint's weights are already ternary: leave it off for them.
+    pub fn set_weight_quantization(&mut self, on: bool) {
+        self.quantization.weights = on;
     }
 
     /// Every linear layer, by its Hugging Face name, in layer order.
@@ -500,7 +612,7 @@ impl CausalLm {
         bias: &Tensor,
         cache: Option<&mut Option<LayerCache>>,
     ) -> Tensor {
-        let quantize = self.quantize_activations;
+        let quantize = self.quantization;
         let (batch, new) = (x.size()[0], x.size()[1]);
         let heads = self.config.num_attention_heads as i64;
         let kv_heads = self.config.num_key_value_heads as i64;
@@ -542,7 +654,7 @@ impl CausalLm {
     }
 
     fn mlp(&self, mlp: &Mlp, x: &Tensor) -> Tensor {
-        let quantize = self.quantize_activations;
+        let quantize = self.quantization;
         let gate = mlp.gate.forward(x, quantize);
         let activated = match self.config.activation {
             Activation::Silu => gate.silu(),
@@ -600,8 +712,15 @@ fn inverse_frequencies(config: &ModelConfig) -> Vec<f32> {
         .collect()
 }
 
+/// Where [`Loader`] takes weights from.
+enum Source<'a> {
+    Checkpoint(&'a Checkpoint),
+    /// Fresh trainable weights: norms 1, everything else N(0, std^2).
+    Random { std: f64 },
+}
+
 struct Loader<'a> {
-    checkpoint: &'a Checkpoint,
+    source: Source<'a>,
     path: PathBuf,
     device: Device,
     kind: Kind,
@@ -610,11 +729,27 @@ struct Loader<'a> {
 
 impl Loader<'_> {
     fn has(&self, name: &str) -> bool {
-        self.checkpoint.tensor(name).is_ok()
+        match self.source {
+            Source::Checkpoint(checkpoint) => checkpoint.tensor(name).is_ok(),
+            Source::Random { .. } => false,
+        }
     }
 
     fn tensor(&mut self, name: &str, shape: &[i64]) -> Result<Tensor> {
-        let info = self.checkpoint.tensor(name).map_err(|_| Error::Weights {
+        let checkpoint = match self.source {
+            Source::Checkpoint(checkpoint) => checkpoint,
+            Source::Random { std } => {
+                let options = (Kind::Float, Device::Cpu);
+                let values = if name.ends_with("norm.weight") {
+                    Tensor::ones(shape, options)
+                } else {
+                    Tensor::randn(shape, options) * std
+                };
+                let values = values.to_kind(self.kind).to_device(self.device);
+                return Ok(values.set_requires_grad(true));
+            }
+        };
+        let info = checkpoint.tensor(name).map_err(|_| Error::Weights {
             path: self.path.clone(),
             tensor: name.to_owned(),
             message: "is missing from the checkpoint".into(),
@@ -633,8 +768,8 @@ impl Loader<'_> {
         // SAFETY: a new contiguous f32 tensor of `numel` elements, not shared yet.
         let values =
             unsafe { std::slice::from_raw_parts_mut(tensor.data_ptr().cast::<f32>(), numel) };
-        self.checkpoint.dequantize_into(name, values, true)?;
-        self.checkpoint.release(name);
+        checkpoint.dequantize_into(name, values, true)?;
+        checkpoint.release(name);
         self.used.push(name.to_owned());
         Ok(tensor.to_kind(self.kind).to_device(self.device))
     }
@@ -665,7 +800,10 @@ impl Loader<'_> {
     /// Every tensor of the checkpoint must have been used (`lm_head` may be absent or
     /// tied; `rotary_emb.inv_freq` buffers are recomputed).
     fn check_all_used(&self) -> Result<()> {
-        for info in self.checkpoint.tensors() {
+        let Source::Checkpoint(checkpoint) = self.source else {
+            return Ok(());
+        };
+        for info in checkpoint.tensors() {
             let name = &info.name;
             if self.used.iter().any(|u| u == name) || name.ends_with("rotary_emb.inv_freq") {
                 continue;
