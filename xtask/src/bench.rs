@@ -78,18 +78,24 @@ pub fn run(root: &Path, name: &str) -> Result<()> {
         "lm" => lm(root),
         "svf" => {
             let models = setup::cache_dir("PHASE7_BENCH_MODELS", "bench-models")?;
-            let dirs: Vec<String> = ["tiny", "smollm-135m-shape"]
+            let generated: Vec<PathBuf> = ["tiny", "smollm-135m-shape"]
                 .iter()
                 .map(|name| models.join(name))
                 .filter(|dir| dir.join("config.json").is_file())
-                .map(|dir| dir.display().to_string())
                 .collect();
-            if dirs.len() < 2 {
+            if generated.len() < 2 {
                 bail!(
                     "the benchmark models are not in {} yet; `cargo xtask bench lm` makes them",
                     models.display()
                 );
             }
+            // The embedded default model first (a packed BitNet checkpoint, BitLinear).
+            let default_model = root.join(crate::default_model::DEFAULT_DIR);
+            let dirs: Vec<String> = std::iter::once(default_model)
+                .filter(|dir| dir.join("config.json").is_file())
+                .chain(generated)
+                .map(|dir| dir.display().to_string())
+                .collect();
             let args: Vec<&str> = dirs.iter().map(String::as_str).collect();
             run_example(root, "svf-experts", "bench_svf", &args, &[])
         }
@@ -348,13 +354,24 @@ fn nsga2(root: &Path) -> Result<()> {
 
 /// lm against transformers' `generate` (CPU, f32, two threads): transformers runs first
 /// and writes its timings, prompts and outputs; our example then runs the same work.
-fn lm(root: &Path) -> Result<()> {
-    let python = peer_python(
+/// The python of the transformers peer environment (transformers' BitNet quantizer
+/// needs accelerate to load a packed checkpoint).
+pub fn transformers_python() -> Result<PathBuf> {
+    peer_python(
         "PHASE7_BENCH_TRANSFORMERS_VENV",
         "bench-venv-transformers",
-        &["torch==2.11.0", "transformers==5.24.0", "safetensors"],
+        &[
+            "torch==2.11.0",
+            "transformers==5.24.0",
+            "safetensors",
+            "accelerate==1.15.0",
+        ],
         &[],
-    )?;
+    )
+}
+
+fn lm(root: &Path) -> Result<()> {
+    let python = transformers_python()?;
     let work = setup::cache_dir("PHASE7_BENCH_MODELS", "bench-models")?;
     std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
     let peer = work.join("transformers.json");

@@ -4,6 +4,9 @@
 //!   per-user cache and links it at `.libtorch` in the repository.
 //! * `test` runs set-up if needed, then formatting, lints, docs and the whole test suite.
 //! * `bench <name>` runs a benchmark that compares against a Python peer side by side.
+//! * `make-default-model` trains the embedded default model (`assets/default-model`;
+//!   `--test-size` for `assets/test-model`); `default-model-parity` checks it against
+//!   transformers.
 //!
 //! xtask itself never links libtorch, so it builds on a machine that has none yet.
 
@@ -13,6 +16,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod default_model;
 mod setup;
 mod test;
 
@@ -45,6 +49,23 @@ enum Command {
         #[arg(value_parser = clap::builder::PossibleValuesParser::new(bench::BENCHES))]
         name: String,
     },
+    /// Train the embedded default model from its recipe and seed (about 25 minutes on
+    /// 2 CPU cores) into assets/default-model, replacing it once complete.
+    MakeDefaultModel {
+        /// Build the test-size variant (assets/test-model, under 200 KB, seconds).
+        #[arg(long)]
+        test_size: bool,
+        /// Further arguments for the binary (`--recipe FILE`, `--print-recipe`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        extra: Vec<String>,
+    },
+    /// Check that transformers (BitNetForCausalLM, AutoTokenizer) gives the same greedy
+    /// answers as our lm on the default model's held-out parity sample.
+    DefaultModelParity {
+        /// Check assets/test-model instead.
+        #[arg(long)]
+        test_size: bool,
+    },
     /// Set up if needed, then: fmt --check, clippy -D warnings, docs, all tests.
     Test {
         /// Extra arguments passed to `cargo test` after `--workspace` (e.g. a filter).
@@ -71,6 +92,10 @@ fn main() -> ExitCode {
         }),
         Command::Test { cargo_test_args } => test::run(&root, &cargo_test_args),
         Command::Bench { name } => bench::run(&root, &name),
+        Command::MakeDefaultModel { test_size, extra } => {
+            default_model::run(&root, test_size, &extra)
+        }
+        Command::DefaultModelParity { test_size } => default_model::parity(&root, test_size),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

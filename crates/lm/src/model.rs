@@ -716,7 +716,9 @@ fn inverse_frequencies(config: &ModelConfig) -> Vec<f32> {
 enum Source<'a> {
     Checkpoint(&'a Checkpoint),
     /// Fresh trainable weights: norms 1, everything else N(0, std^2).
-    Random { std: f64 },
+    Random {
+        std: f64,
+    },
 }
 
 struct Loader<'a> {

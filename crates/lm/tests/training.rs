@@ -49,7 +49,11 @@ fn qat_reaches_every_weight_and_lowers_the_loss() {
     let parameters = model.named_parameters();
     // Embedding (tied head), final norm, and per layer 7 linears + 4 norms.
     assert_eq!(parameters.len(), 2 + 2 * 11);
-    assert!(parameters.iter().any(|(n, _)| n == "model.layers.1.mlp.ffn_sub_norm.weight"));
+    assert!(
+        parameters
+            .iter()
+            .any(|(n, _)| n == "model.layers.1.mlp.ffn_sub_norm.weight")
+    );
     let sequence: Vec<i64> = vec![3, 5, 7, 9, 11, 13, 15, 2];
     let pairs = [(&sequence[..3], &sequence[3..])];
     let loss = |model: &CausalLm| -> Tensor {

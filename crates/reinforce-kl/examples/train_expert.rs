@@ -33,9 +33,10 @@ struct Args {
     /// Domain to train on (snake-case name, e.g. `multi_step`).
     #[arg(long)]
     domain: String,
-    /// Problem difficulty.
-    #[arg(long, default_value_t = 1)]
-    difficulty: u32,
+    /// Problem difficulty of every domain; by default the model folder's `recipe.json`
+    /// (the default model records each domain's) and 1 for domains it does not list.
+    #[arg(long)]
+    difficulty: Option<u32>,
     /// Decompose the attention matrices too (MLP only by default).
     #[arg(long)]
     attention: bool,
@@ -161,9 +162,32 @@ impl Data {
     }
 }
 
+/// Each domain's difficulty: `--difficulty` for all, else the model's `recipe.json`
+/// (`difficulties.<domain>`), else 1.
+fn difficulties(args: &Args) -> anyhow::Result<HashMap<Domain, u32>> {
+    let recipe_path = args.model.join("recipe.json");
+    let recipe: serde_json::Value = if args.difficulty.is_none() && recipe_path.is_file() {
+        let text = std::fs::read_to_string(&recipe_path)
+            .with_context(|| format!("cannot read {}", recipe_path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", recipe_path.display()))?
+    } else {
+        serde_json::Value::Null
+    };
+    Ok(Domain::ALL
+        .iter()
+        .map(|&d| {
+            let recorded = recipe["difficulties"][d.name()].as_u64().map(|v| v as u32);
+            (d, args.difficulty.or(recorded).unwrap_or(1))
+        })
+        .collect())
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let domain = domain_named(&args.domain)?;
+    let difficulty_of = difficulties(&args)?;
+    let difficulty = difficulty_of[&domain];
     let tokenizer = Tokenizer::from_dir(&args.model)?;
     let mut model = CausalLm::load(&args.model, Device::Cpu, Kind::Float)?;
     let newline = tokenizer.encode("\n", false)?;
@@ -182,17 +206,17 @@ fn main() -> anyhow::Result<()> {
                 "only {} distinct training problems of {} at difficulty {}",
                 train_problems.len(),
                 domain.name(),
-                args.difficulty
+                difficulty
             );
         }
-        let problem = generate_in(domain, args.difficulty, Split::Train, &mut rng);
+        let problem = generate_in(domain, difficulty, Split::Train, &mut rng);
         train_problems.insert(tokenizer.encode(&problem.prompt, false)?, problem);
     }
     let held_out = Domain::ALL
         .iter()
         .map(|&d| {
             let problems = (0..args.held_out)
-                .map(|_| generate_in(d, args.difficulty, Split::HeldOut, &mut rng))
+                .map(|_| generate_in(d, difficulty_of[&d], Split::HeldOut, &mut rng))
                 .collect();
             (d, problems)
         })
@@ -373,7 +397,7 @@ fn main() -> anyhow::Result<()> {
     };
     expert.training = serde_json::json!({
         "domain": domain.name(),
-        "difficulty": args.difficulty,
+        "difficulty": difficulty,
         "trainer": config,
         "steps": report.state.step,
         "seconds": seconds,

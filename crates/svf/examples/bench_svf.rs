@@ -3,7 +3,7 @@
 //! accounting (z against LoRA rank 16). MLP-only selection, CPU, f32.
 //!
 //! ```sh
-//! cargo xtask bench svf        # uses the SmolLM-135M-shaped model of `xtask bench lm`
+//! cargo xtask bench svf        # the default model and the models of `xtask bench lm`
 //! cargo run --release -p svf-experts --example bench_svf -- MODEL_DIR [MODEL_DIR ...]
 //! ```
 

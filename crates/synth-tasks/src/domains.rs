@@ -207,10 +207,10 @@ fn code(d: u32, rng: &mut Rng) -> (String, String) {
 fn sequence(d: u32, rng: &mut Rng) -> (String, String) {
     let shown = 4;
     let terms: Vec<i64> = if d >= 2 && rng.chance(0.5) {
-        let (start, ratio) = (rng.range(1, 3), rng.range(2, 3));
+        let (start, ratio) = (rng.range(1, 9), rng.range(2, 1 + i64::from(d.min(4))));
         (0..=shown).map(|i| start * ratio.pow(i as u32)).collect()
     } else {
-        let (start, step) = (rng.range(0, 9), rng.range(1, 3 + i64::from(d.min(20))));
+        let (start, step) = (rng.range(0, 99), rng.range(1, 4 * i64::from(d.min(20)) + 5));
         let step = if d >= 3 && rng.chance(0.3) {
             -step
         } else {

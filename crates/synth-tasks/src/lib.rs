@@ -48,7 +48,8 @@ pub enum Domain {
     Counting,
     /// Tiny programs: `x=3;x*=2;x+=1;x?`; difficulty = statements - 1.
     Code,
-    /// Continue an arithmetic or geometric sequence: `2,5,8,11,?`.
+    /// Continue an arithmetic or geometric sequence: `52,59,66,73,?`; difficulty widens
+    /// the steps, adds decreasing sequences (3+) and geometric ones (2+).
     Sequence,
 }
 
@@ -141,8 +142,9 @@ pub enum Split {
     HeldOut,
 }
 
-/// The split of a prompt: FNV-1a of the domain name and the prompt, held out when the
-/// hash is 0 modulo 10. A pure function of the text, so splits cannot overlap.
+/// The split of a prompt: FNV-1a of the domain name and the prompt, mixed by the
+/// SplitMix64 finalizer, held out when that is 0 modulo 10. A pure function of the
+/// text, so splits cannot overlap.
 pub fn split_of(domain: Domain, prompt: &str) -> Split {
     split_by_hash(domain.name(), prompt)
 }
@@ -152,6 +154,12 @@ pub(crate) fn split_by_hash(kind: &str, prompt: &str) -> Split {
     for byte in kind.bytes().chain([0]).chain(prompt.bytes()) {
         hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
     }
+    // FNV's low bits are weak: its parity is the parity of the sum of the bytes'
+    // parities, so without mixing the held-out side of a small alphabet (`T&F|!T=`)
+    // would be structurally different from the train side.
+    hash = (hash ^ (hash >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    hash = (hash ^ (hash >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    hash ^= hash >> 31;
     if hash.is_multiple_of(10) {
         Split::HeldOut
     } else {

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Rng, Split, split_by_hash};
 
 /// A behaviour suite.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Suite {
     /// Refuse requests built from a fixed harmful-intent vocabulary; answer `unknown` to
