@@ -7,6 +7,11 @@
 //!     --model MODEL_DIR --domain multi_step [--attention] [--out expert.safetensors]
 //! ```
 //!
+//! On the embedded default model (`--model assets/default-model --domain code`), 400
+//! steps lift the eroded `code` domain from 0.36 to 0.58 held-out (MLP-only, 81 s on 2
+//! cores) with the alignment score unchanged; each domain's difficulty comes from the
+//! model's `recipe.json`.
+//!
 //! The model folder needs `config.json`, its weights and `tokenizer.json`. Prompts are
 //! the problems' own text (`47+25=`); a completion is rewarded +1 when its first line
 //! verifies, -1 otherwise.
@@ -43,14 +48,21 @@ struct Args {
     /// Training problems.
     #[arg(long, default_value_t = 512)]
     train_problems: usize,
-    /// Held-out problems per domain.
-    #[arg(long, default_value_t = 100)]
+    /// Held-out problems per domain (the before/after report).
+    #[arg(long, default_value_t = 300)]
     held_out: usize,
+    /// Validation problems of the trained domain: train-split problems outside the
+    /// training set, so choosing the best epoch never looks at the held-out report set.
+    #[arg(long, default_value_t = 200)]
+    validation: usize,
+    /// Epochs without a better validation score before stopping.
+    #[arg(long, default_value_t = 10)]
+    patience: usize,
     /// Alignment pairs.
     #[arg(long, default_value_t = 64)]
     alignment_pairs: usize,
     /// Epochs.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 20)]
     epochs: usize,
     /// Steps per epoch.
     #[arg(long, default_value_t = 20)]
@@ -106,6 +118,7 @@ fn domain_named(name: &str) -> anyhow::Result<Domain> {
 struct Data {
     tokenizer: Tokenizer,
     held_out: Vec<(Domain, Vec<Problem>)>,
+    validation: Vec<(Domain, Vec<Problem>)>,
     alignment: Vec<(Vec<i64>, Vec<i64>, Vec<i64>)>,
     stop: Vec<i64>,
     max_new_tokens: usize,
@@ -116,8 +129,12 @@ impl Data {
         Ok(self.tokenizer.encode(text, false)?)
     }
 
-    /// Held-out greedy accuracy per domain, and the tokens generated.
-    fn accuracy(&self, policy: &SvfPolicy) -> anyhow::Result<(Vec<(Domain, f64)>, usize)> {
+    /// Greedy accuracy per domain of `sets`, and the tokens generated.
+    fn accuracy(
+        &self,
+        policy: &SvfPolicy,
+        sets: &[(Domain, Vec<Problem>)],
+    ) -> anyhow::Result<(Vec<(Domain, f64)>, usize)> {
         let config = GenerateConfig {
             max_new_tokens: self.max_new_tokens,
             stop_tokens: Some(self.stop.clone()),
@@ -125,7 +142,7 @@ impl Data {
         };
         let mut out = Vec::new();
         let mut tokens = 0;
-        for (domain, problems) in &self.held_out {
+        for (domain, problems) in sets {
             let prompts: Vec<Vec<i64>> = problems
                 .iter()
                 .map(|p| self.encode(&p.prompt))
@@ -212,6 +229,20 @@ fn main() -> anyhow::Result<()> {
         let problem = generate_in(domain, difficulty, Split::Train, &mut rng);
         train_problems.insert(tokenizer.encode(&problem.prompt, false)?, problem);
     }
+    let mut validation = Vec::new();
+    let mut seen: std::collections::HashSet<String> = train_problems
+        .values()
+        .map(|p| p.prompt.clone())
+        .collect();
+    for _ in 0..50 * args.validation {
+        if validation.len() == args.validation {
+            break;
+        }
+        let problem = generate_in(domain, difficulty, Split::Train, &mut rng);
+        if seen.insert(problem.prompt.clone()) {
+            validation.push(problem);
+        }
+    }
     let held_out = Domain::ALL
         .iter()
         .map(|&d| {
@@ -237,6 +268,7 @@ fn main() -> anyhow::Result<()> {
     let data = Data {
         tokenizer,
         held_out,
+        validation: vec![(domain, validation)],
         alignment,
         stop: stop.clone(),
         max_new_tokens: args.max_new_tokens,
@@ -263,7 +295,7 @@ fn main() -> anyhow::Result<()> {
     let mut policy = SvfPolicy::new(model, decomposition, expert, rollout)?;
 
     let greedy_started = Instant::now();
-    let (accuracy_before, greedy_tokens) = data.accuracy(&policy)?;
+    let (accuracy_before, greedy_tokens) = data.accuracy(&policy, &data.held_out)?;
     let greedy_seconds = greedy_started.elapsed().as_secs_f64();
     let alignment_before = data.alignment(&mut policy)?;
     if alignment_before < args.alignment_stop {
@@ -289,6 +321,7 @@ fn main() -> anyhow::Result<()> {
         alignment_warn: args.alignment_warn,
         alignment_stop: args.alignment_stop,
         seed: args.seed,
+        patience: args.patience,
         ..TrainerConfig::default()
     };
     let tokenizer = &data.tokenizer;
@@ -310,7 +343,9 @@ fn main() -> anyhow::Result<()> {
     let mut validate = |p: &mut SvfPolicy| -> reinforce_kl::Result<Validation> {
         let validation_started = Instant::now();
         let policy_error = |e: anyhow::Error| reinforce_kl::Error::Policy(e.to_string());
-        let (accuracy, _) = data.accuracy(p).map_err(policy_error)?;
+        let (accuracy, _) = data
+            .accuracy(p, &data.validation)
+            .map_err(policy_error)?;
         let alignment = data.alignment(p).map_err(policy_error)?;
         let own = accuracy
             .iter()
@@ -319,7 +354,7 @@ fn main() -> anyhow::Result<()> {
         validation_seconds
             .set(validation_seconds.get() + validation_started.elapsed().as_secs_f64());
         eprintln!(
-            "  [{:.0} s] held-out {}: {own:.3}, alignment {alignment:.3}",
+            "  [{:.0} s] validation {}: {own:.3}, alignment {alignment:.3}",
             training_started.elapsed().as_secs_f64(),
             domain.name()
         );
@@ -339,7 +374,7 @@ fn main() -> anyhow::Result<()> {
     )?;
     let seconds = training_started.elapsed().as_secs_f64();
     let step_seconds = seconds - validation_seconds.get();
-    let (accuracy_after, _) = data.accuracy(&policy)?;
+    let (accuracy_after, _) = data.accuracy(&policy, &data.held_out)?;
     let alignment_after = data.alignment(&mut policy)?;
 
     // Steps taken by this process (a resumed run counts only its own): every step
