@@ -230,10 +230,8 @@ fn main() -> anyhow::Result<()> {
         train_problems.insert(tokenizer.encode(&problem.prompt, false)?, problem);
     }
     let mut validation = Vec::new();
-    let mut seen: std::collections::HashSet<String> = train_problems
-        .values()
-        .map(|p| p.prompt.clone())
-        .collect();
+    let mut seen: std::collections::HashSet<String> =
+        train_problems.values().map(|p| p.prompt.clone()).collect();
     for _ in 0..50 * args.validation {
         if validation.len() == args.validation {
             break;
@@ -343,9 +341,7 @@ fn main() -> anyhow::Result<()> {
     let mut validate = |p: &mut SvfPolicy| -> reinforce_kl::Result<Validation> {
         let validation_started = Instant::now();
         let policy_error = |e: anyhow::Error| reinforce_kl::Error::Policy(e.to_string());
-        let (accuracy, _) = data
-            .accuracy(p, &data.validation)
-            .map_err(policy_error)?;
+        let (accuracy, _) = data.accuracy(p, &data.validation).map_err(policy_error)?;
         let alignment = data.alignment(p).map_err(policy_error)?;
         let own = accuracy
             .iter()
