@@ -241,6 +241,24 @@ pub fn runtime() -> &'static Runtime {
     RUNTIME.get_or_init(Runtime::discover)
 }
 
+/// Hands memory the C allocator holds but no longer uses back to the operating system
+/// (glibc's `malloc_trim`; nothing elsewhere). libtorch's CPU tensors come from
+/// `malloc`, and glibc raises its mmap threshold after large frees, so the buffers of
+/// loading and of a long generation stay in the process as free heap unless trimmed.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" {
+            fn malloc_trim(pad: usize) -> std::ffi::c_int;
+        }
+        // SAFETY: malloc_trim only returns unused pages of the allocator's own heap;
+        // it has no preconditions.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
+}
+
 /// Turns a request into a concrete device, checking that it exists.
 ///
 /// `auto` never fails; `cuda:N` fails with [`Error::CudaUnavailable`] when CUDA is not

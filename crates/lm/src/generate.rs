@@ -284,6 +284,9 @@ impl CausalLm {
             let step_mask = Tensor::from_slice(&step_mask).view([prompts.len() as i64, 1]);
             logits = self.forward_positions(&next_ids, Some(&step_mask), Some(&mut cache), true)?;
         }
+        drop(cache);
+        // The KV cache and per-step buffers are free now: return them to the system.
+        crate::device::release_free_memory();
         Ok(out)
     }
 

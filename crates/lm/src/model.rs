@@ -232,6 +232,11 @@ impl CausalLm {
         };
         let model = Self::build(config, &mut loader)?;
         loader.check_all_used()?;
+        drop(loader);
+        drop(checkpoint);
+        // Decoding buffers and unmapped checkpoint pages: give them back now rather
+        // than carry them as free heap for the model's lifetime.
+        crate::device::release_free_memory();
         Ok(model)
     }
 
