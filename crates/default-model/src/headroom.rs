@@ -38,7 +38,6 @@ pub struct DomainHeadroom {
 /// Trains one z-only expert per domain in `weak` (supervised on the train split's
 /// correct answers) and measures held-out accuracy before and after. Returns the
 /// model unchanged.
-#[allow(clippy::too_many_arguments)]
 pub fn measure(
     mut model: CausalLm,
     tokenizer: &Tokenizer,

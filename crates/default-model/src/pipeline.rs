@@ -194,9 +194,7 @@ pub fn build_with(recipe: &Recipe, out: &Path, options: &BuildOptions) -> Result
     eprintln!("packed checkpoint:\n{}", final_evaluation.summary());
     write_parity_sample(&staging, &packed, &tokenizer, &held_out)?;
     write_probe_text(&staging, &held_out)?;
-    let agreement = tch::no_grad(|| agreement(packed, &tokenizer, &held_out))?;
-    let packed = agreement.1;
-    let agreement = agreement.0;
+    let (agreement, packed) = tch::no_grad(|| agreement(packed, &tokenizer, &held_out))?;
     eprintln!(
         "agreement 8-bit vs float forward: top-1 {:.4}, mean KL {:.2e} over {} positions",
         agreement.top1, agreement.mean_kl, agreement.positions
