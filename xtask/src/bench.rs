@@ -21,6 +21,7 @@ pub const BENCHES: &[&str] = &[
     "nsga2",
     "nsga2-scaling",
     "lm",
+    "linear",
     "svf",
 ];
 
@@ -76,6 +77,7 @@ pub fn run(root: &Path, name: &str) -> Result<()> {
         "convert-memory" => convert_memory(root),
         "nsga2" => nsga2(root),
         "lm" => lm(root),
+        "linear" => run_example(root, "lm", "bench_linear", &[], &[]),
         "svf" => {
             let models = setup::cache_dir("PHASE7_BENCH_MODELS", "bench-models")?;
             let generated: Vec<PathBuf> = ["tiny", "smollm-135m-shape"]

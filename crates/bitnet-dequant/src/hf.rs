@@ -19,6 +19,9 @@ use crate::io::{Bytes, map_file};
 use crate::tensor::{Encoding, FloatDtype, ScaleConvention, TensorInfo, Ternary, TernaryScales};
 use crate::{Error, Result};
 
+/// Values decoded between two releases of a float tensor's mapped pages (16 MB of f32).
+const DECODE_SLICE: usize = 1 << 22;
+
 /// The single-file weights name.
 pub const SINGLE_FILE: &str = "model.safetensors";
 /// The shard index name.
@@ -491,7 +494,21 @@ impl HfCheckpoint {
             )));
         }
         match &info.encoding {
-            Encoding::Float { dtype } => dtype.decode(bytes, out),
+            Encoding::Float { dtype } => {
+                // In slices, each slice's mapped pages released once decoded: a large
+                // tensor (an embedding of a few hundred MB) then never has both its file
+                // pages and its decoded copy resident at once.
+                let location = &self.locations[name];
+                let shard = &self.shards[location.shard];
+                let start = shard.data_start + location.range.0;
+                let size = dtype.size();
+                for (index, chunk) in out.chunks_mut(DECODE_SLICE).enumerate() {
+                    let begin = index * DECODE_SLICE * size;
+                    let end = begin + chunk.len() * size;
+                    dtype.decode(&bytes[begin..end], chunk);
+                    shard.bytes.release(start + begin..start + end);
+                }
+            }
             Encoding::HfPacked {
                 stored_scale,
                 convention,

@@ -63,9 +63,9 @@ fn main() {
             .expect("peer JSON");
     let threads = report["threads"].as_i64().unwrap_or(2);
     tch::set_num_threads(threads as i32);
-    // What the process holds before any model: libtorch's code and runtime, including
-    // the CUDA libraries `device::runtime` loads (about 150 MB resident even on a CPU
-    // machine; the first `CausalLm::load` would otherwise count them as the model's).
+    // What the process holds before any model: libtorch's code and runtime, and the CUDA
+    // libraries `device::runtime` loads where there is an NVIDIA driver (the first
+    // `CausalLm::load` would otherwise count them as the model's).
     let _ = lm::device::runtime();
     let _ = Tensor::ones([8, 8], (Kind::Float, Device::Cpu))
         .matmul(&Tensor::ones([8, 8], (Kind::Float, Device::Cpu)));
@@ -166,7 +166,7 @@ fn main() {
     }
     println!(
         "largest model: RSS after generating / (weights + KV) = {:.2}, or {:.2} without the \
-         {:.0} MB the process held before loading (libtorch and the CUDA libraries it loads); \
+         {:.0} MB the process held before loading (libtorch, and its CUDA libraries where a driver is present); \
          peak, loading included / (weights + KV) = {:.2}, or {:.2} without that runtime",
         largest.2 / largest.0,
         (largest.2 - baseline) / largest.0,

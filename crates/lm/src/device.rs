@@ -5,9 +5,9 @@
 //! and libtorch never registers its CUDA backend: `tch::Cuda::is_available()` would
 //! say `false` even on a GPU machine. [`runtime`] therefore loads `libtorch_cuda.so`
 //! from the directory the CPU library was loaded from, with `RTLD_NOW | RTLD_GLOBAL`,
-//! once per process, before anything asks about CUDA. On a machine without a GPU the
-//! library still loads (it needs only the CUDA runtime libraries shipped with the
-//! wheel) and libtorch then reports zero devices.
+//! once per process, before anything asks about CUDA. On a machine without an NVIDIA
+//! driver (no `libcuda.so.1`) it is not loaded: CUDA could not run there, and the CUDA
+//! libraries it pulls in would hold about 240 MB of memory for nothing.
 //!
 //! ```
 //! use lm::device::{self, DeviceRequest};
@@ -38,6 +38,8 @@ use crate::{Error, Result};
 const CPU_LIBRARY: &str = "libtorch_cpu.so";
 /// The CUDA half of libtorch, loaded at start-up when present.
 const CUDA_LIBRARY: &str = "libtorch_cuda.so";
+/// The NVIDIA driver's user-space library; without it CUDA cannot run.
+const DRIVER_LIBRARY: &str = "libcuda.so.1";
 
 /// Which device to run on, as a user writes it: `auto`, `cpu`, `cuda` or `cuda:N`.
 ///
@@ -125,6 +127,13 @@ pub enum CudaLibrary {
         /// The dynamic loader's message.
         reason: String,
     },
+    /// Not loaded: the machine has no NVIDIA driver (`libcuda.so.1` cannot be opened),
+    /// so CUDA could not work anyway, and the CUDA libraries would only take memory
+    /// (about 240 MB resident, measured on a CPU-only machine).
+    NoDriver {
+        /// The dynamic loader's message for `libcuda.so.1`.
+        reason: String,
+    },
     /// The process has no `libtorch_cpu.so` mapped, so there was nowhere to look.
     LibtorchNotLocated,
 }
@@ -188,6 +197,9 @@ impl Runtime {
             CudaLibrary::LoadFailed { path, reason } => {
                 format!("loading {} failed: {reason}", path.display())
             }
+            CudaLibrary::NoDriver { reason } => {
+                format!("this machine has no NVIDIA driver ({reason})")
+            }
             CudaLibrary::LibtorchNotLocated => format!(
                 "{CPU_LIBRARY} is not mapped in this process, so {CUDA_LIBRARY} could not be found"
             ),
@@ -215,6 +227,7 @@ impl fmt::Display for Runtime {
             CudaLibrary::Loaded { path } => format!("loaded from {}", path.display()),
             CudaLibrary::NotShipped { .. } => "not shipped (CPU-only libtorch)".to_owned(),
             CudaLibrary::LoadFailed { reason, .. } => format!("failed to load: {reason}"),
+            CudaLibrary::NoDriver { .. } => "not loaded (no NVIDIA driver)".to_owned(),
             CudaLibrary::LibtorchNotLocated => "not looked for (libtorch not located)".to_owned(),
         };
         writeln!(f, "CUDA library    {library}")?;
@@ -310,6 +323,14 @@ fn load_cuda_library(libtorch_dir: &Path) -> CudaLibrary {
     if !path.is_file() {
         return CudaLibrary::NotShipped {
             searched: libtorch_dir.to_path_buf(),
+        };
+    }
+    // Opening the driver library does not initialise the driver; it only tells whether
+    // there is one. It is closed again here; libtorch opens it itself when it needs it.
+    // SAFETY: libcuda's load-time initialisers do not touch the GPU.
+    if let Err(error) = unsafe { Library::open(Some(DRIVER_LIBRARY), RTLD_NOW) } {
+        return CudaLibrary::NoDriver {
+            reason: error.to_string(),
         };
     }
     // SAFETY: libtorch_cuda.so belongs to the libtorch this process already runs on; its
@@ -443,18 +464,39 @@ mod tests {
             .expect("a recorded version");
         assert!(version.starts_with("2.11.0"), "{version}");
         assert!(runtime.cpu_threads >= 1);
-        if dir.join(CUDA_LIBRARY).is_file() {
-            // The wheel ships the CUDA library: it must have been loaded, and be mapped now.
+        // SAFETY: opening the driver library runs no GPU code (as in `load_cuda_library`).
+        let driver = unsafe {
+            libloading::os::unix::Library::open(
+                Some(DRIVER_LIBRARY),
+                libloading::os::unix::RTLD_NOW,
+            )
+        }
+        .is_ok();
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let mapped = loaded_library_dir(&maps, CUDA_LIBRARY);
+        if dir.join(CUDA_LIBRARY).is_file() && driver {
+            // The wheel ships the CUDA library and there is a driver: it must have been
+            // loaded, and be mapped now.
             assert_eq!(
                 runtime.cuda_library,
                 CudaLibrary::Loaded {
                     path: dir.join(CUDA_LIBRARY)
                 }
             );
-            let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-            assert_eq!(
-                loaded_library_dir(&maps, CUDA_LIBRARY).as_deref(),
-                Some(dir.as_path())
+            assert_eq!(mapped.as_deref(), Some(dir.as_path()));
+        } else if dir.join(CUDA_LIBRARY).is_file() {
+            // No driver: the CUDA libraries stay out of the process.
+            assert!(
+                matches!(runtime.cuda_library, CudaLibrary::NoDriver { .. }),
+                "{:?}",
+                runtime.cuda_library
+            );
+            assert_eq!(mapped, None);
+            assert!(!runtime.cuda_available);
+            assert!(
+                runtime
+                    .cuda_unavailable_reason()
+                    .contains("no NVIDIA driver")
             );
         }
         if runtime.cuda_available {

@@ -223,7 +223,9 @@ impl CausalLm {
             .clone()
             .unwrap_or_else(|| self.config().eos_token_ids.clone());
         let (ids, mask) = left_pad(prompts, self.pad_id())?;
-        let mut cache = self.new_cache();
+        // The last token is sampled but never fed back.
+        let positions = ids.size()[1] as usize + config.max_new_tokens.saturating_sub(1);
+        let mut cache = self.new_cache_with_capacity(positions);
         let mut logits = self.forward_positions(&ids, Some(&mask), Some(&mut cache), true)?;
         let mut sampler = Sampler(config.seed);
         let mut out: Vec<Generated> = prompts

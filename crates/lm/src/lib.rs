@@ -13,6 +13,8 @@
 //!   does the same differentiably, for training.
 //! * [`LinearAdapter`] lets another crate replace a linear layer's forward (SVF does).
 //! * [`Tokenizer`] wraps `tokenizer.json`.
+//! * [`cpu::linear`] multiplies f32 matrices on x86 CPUs faster than libtorch's MKL
+//!   does there (the model's linear layers and output projection use it).
 //!
 //! ```
 //! use lm::{CausalLm, GenerateConfig};
@@ -34,6 +36,7 @@
 #![doc(test(attr(deny(warnings))))]
 
 pub mod config;
+pub mod cpu;
 pub mod device;
 mod error;
 pub mod generate;

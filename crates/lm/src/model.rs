@@ -54,9 +54,9 @@ impl Linear {
         match &self.adapter {
             Some(adapter) => adapter.forward(&input, self),
             None if self.bitlinear && quantization.weights => {
-                input.linear(&ternarize_weights(&self.weight), self.bias.as_ref())
+                crate::cpu::linear(&input, &ternarize_weights(&self.weight), self.bias.as_ref())
             }
-            None => input.linear(&self.weight, self.bias.as_ref()),
+            None => crate::cpu::linear(&input, &self.weight, self.bias.as_ref()),
         }
     }
 }
@@ -150,11 +150,18 @@ struct LayerCache {
 
 impl LayerCache {
     /// Appends `[batch, kv, new, d]` keys and values; returns views of everything cached.
-    fn append(slot: &mut Option<Self>, keys: &Tensor, values: &Tensor) -> (Tensor, Tensor) {
+    /// `capacity` (positions) sizes the first allocation when it is known; otherwise
+    /// room for twice the first block, at least 64.
+    fn append(
+        slot: &mut Option<Self>,
+        keys: &Tensor,
+        values: &Tensor,
+        capacity: Option<i64>,
+    ) -> (Tensor, Tensor) {
         let new = keys.size()[2];
         let cache = slot.get_or_insert_with(|| {
             let mut shape = keys.size();
-            shape[2] = (2 * new).max(64);
+            shape[2] = capacity.unwrap_or((2 * new).max(64)).max(new);
             LayerCache {
                 keys: Tensor::empty(shape.as_slice(), (keys.kind(), keys.device())),
                 values: Tensor::empty(shape.as_slice(), (values.kind(), values.device())),
@@ -188,6 +195,8 @@ pub struct KvCache {
     layers: Vec<Option<LayerCache>>,
     /// `[batch, positions so far]`: 1 for real tokens, 0 for padding.
     mask: Option<Tensor>,
+    /// Positions to allocate room for at the first append, when known.
+    capacity: Option<i64>,
 }
 
 impl KvCache {
@@ -479,6 +488,17 @@ impl CausalLm {
         KvCache {
             layers: (0..self.blocks.len()).map(|_| None).collect(),
             mask: None,
+            capacity: None,
+        }
+    }
+
+    /// A fresh cache with room for `positions` positions from the start (it still grows
+    /// beyond them if needed): no over-allocation and no copies when the length of the
+    /// sequences is known, as in generation.
+    pub fn new_cache_with_capacity(&self, positions: usize) -> KvCache {
+        KvCache {
+            capacity: Some(positions as i64),
+            ..self.new_cache()
         }
     }
 
@@ -559,7 +579,9 @@ impl CausalLm {
         for (index, block) in self.blocks.iter().enumerate() {
             let residual = hidden.shallow_clone();
             let x = block.input_norm.forward(&hidden);
-            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[index]);
+            let layer_cache = cache
+                .as_deref_mut()
+                .map(|c| (&mut c.layers[index], c.capacity));
             let attended = self.attention(&block.attention, &x, &cos, &sin, &bias, layer_cache);
             hidden = residual + attended;
             let residual = hidden.shallow_clone();
@@ -575,10 +597,7 @@ impl CausalLm {
     /// Final norm and output projection: logits (f32) for hidden states `[.., hidden]`.
     /// Per position, so it commutes with choosing positions first.
     pub(crate) fn project(&self, hidden: &Tensor) -> Tensor {
-        self.norm
-            .forward(hidden)
-            .matmul(&self.lm_head.tr())
-            .to_kind(Kind::Float)
+        crate::cpu::linear(&self.norm.forward(hidden), &self.lm_head, None).to_kind(Kind::Float)
     }
 
     fn rotary(&self, positions: &Tensor) -> (Tensor, Tensor) {
@@ -615,7 +634,7 @@ impl CausalLm {
         cos: &Tensor,
         sin: &Tensor,
         bias: &Tensor,
-        cache: Option<&mut Option<LayerCache>>,
+        cache: Option<(&mut Option<LayerCache>, Option<i64>)>,
     ) -> Tensor {
         let quantize = self.quantization;
         let (batch, new) = (x.size()[0], x.size()[1]);
@@ -626,8 +645,8 @@ impl CausalLm {
         let q = rope(&shape(attention.q.forward(x, quantize), heads), cos, sin);
         let mut k = rope(&shape(attention.k.forward(x, quantize), kv_heads), cos, sin);
         let mut v = shape(attention.v.forward(x, quantize), kv_heads);
-        if let Some(slot) = cache {
-            (k, v) = LayerCache::append(slot, &k, &v);
+        if let Some((slot, capacity)) = cache {
+            (k, v) = LayerCache::append(slot, &k, &v, capacity);
         }
         // Grouped-query attention without copying keys and values per head: the `repeat`
         // query heads that share a key/value head are stacked along the query axis.

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use lm::{CausalLm, Finish, GenerateConfig, Sampling};
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 fn model(name: &str) -> CausalLm {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -213,7 +213,8 @@ fn the_loss_is_differentiable_and_masks_padding() {
 
 #[test]
 fn long_generations_grow_the_cache_and_stay_exact() {
-    // 8 prompt tokens + 90 new ones: the cache starts at 64 positions and must grow.
+    // 8 prompt tokens + 90 new ones. `generate` sizes its cache for all of them; a
+    // cache started with room for 10 positions must grow (four times) to the same result.
     let model = model("mistral");
     let config = GenerateConfig {
         max_new_tokens: 90,
@@ -225,6 +226,17 @@ fn long_generations_grow_the_cache_and_stay_exact() {
         .generate(std::slice::from_ref(&prompt), &config)
         .unwrap();
     assert_eq!(generated[0].tokens.len(), 90);
+    let mut cache = model.new_cache_with_capacity(10);
+    let ids = Tensor::from_slice(&prompt).view([1, -1]);
+    let mut logits = tch::no_grad(|| model.forward(&ids, None, Some(&mut cache))).unwrap();
+    let mut grown = Vec::new();
+    for _ in 0..90 {
+        let next = logits.select(1, -1).argmax(-1, true);
+        grown.push(next.int64_value(&[0, 0]));
+        logits = tch::no_grad(|| model.forward(&next, None, Some(&mut cache))).unwrap();
+    }
+    assert_eq!(cache.len(), 98);
+    assert_eq!(grown, generated[0].tokens);
     let score = &model
         .score(&[(prompt, generated[0].tokens.clone())])
         .unwrap()[0];

@@ -14,17 +14,29 @@ use lm::CausalLm;
 use svf::{Composition, Decomposition, Expert, Mixture, Selection, Svf};
 use tch::{Device, Kind, Tensor};
 
-fn median_seconds(repeats: usize, mut run: impl FnMut()) -> f64 {
+/// Timings of `run` in seconds, after a warm-up: as many as fit in about a second, at
+/// least `at_least`.
+fn samples(at_least: usize, mut run: impl FnMut()) -> Vec<f64> {
+    let started = Instant::now();
     run();
-    let mut samples: Vec<f64> = (0..repeats)
+    let once = started.elapsed().as_secs_f64().max(1e-6);
+    let repeats = ((1.0 / once) as usize).clamp(at_least, 101);
+    (0..repeats)
         .map(|_| {
             let started = Instant::now();
             run();
             started.elapsed().as_secs_f64()
         })
-        .collect();
+        .collect()
+}
+
+fn median(mut samples: Vec<f64>) -> f64 {
     samples.sort_by(f64::total_cmp);
-    samples[repeats / 2]
+    samples[samples.len() / 2]
+}
+
+fn median_seconds(at_least: usize, run: impl FnMut()) -> f64 {
+    median(samples(at_least, run))
 }
 
 fn main() {
@@ -34,7 +46,11 @@ fn main() {
         std::process::exit(2);
     }
     tch::set_num_threads(2);
-    println!("CPU, f32, 2 threads, MLP-only selection; forward of a [4, 64] batch, median of 7");
+    println!(
+        "CPU, f32, 2 threads, MLP-only selection; forward of a [4, 64] batch, medians of at least \
+         7 runs (as many as fit in a second); the base is measured before and after the \
+         adapted runs and the ratios use the median of both sets"
+    );
     for dir in dirs {
         let mut model = CausalLm::load(&dir, Device::Cpu, Kind::Float).expect("loads");
         let vocab = model.config().vocab_size as i64;
@@ -42,7 +58,7 @@ fn main() {
         let forward = |model: &CausalLm| {
             let _ = tch::no_grad(|| model.forward(&ids, None, None).expect("forward"));
         };
-        let base = median_seconds(7, || forward(&model));
+        let base_samples = samples(7, || forward(&model));
 
         let started = Instant::now();
         let decomposition =
@@ -71,14 +87,18 @@ fn main() {
                 .expect("experts");
             svf.merge(&mut model).expect("merge");
         });
-        let base_again = {
+        let base_again_samples = {
             svf.uninstall(&mut model).expect("uninstall");
-            median_seconds(7, || forward(&model))
+            samples(7, || forward(&model))
         };
+        let base_first = median(base_samples.clone());
+        let base_again = median(base_again_samples.clone());
+        let base = median([base_samples, base_again_samples].concat());
         let name = dir.file_name().unwrap_or_default().to_string_lossy();
         println!(
-            "{name}: base {:.1} ms (again at the end {:.1} ms), factorized {:.1} ms = {:.2}x, merged {:.1} ms = {:.2}x",
+            "{name}: base {:.1} ms (first {:.1} ms, at the end {:.1} ms), factorized {:.1} ms = {:.2}x, merged {:.1} ms = {:.2}x",
             base * 1e3,
+            base_first * 1e3,
             base_again * 1e3,
             factorized * 1e3,
             factorized / base,

@@ -12,10 +12,14 @@ use tch::{Device, Kind, Tensor};
 use crate::compose::scales;
 use crate::{Composition, Decomposition, Error, Expert, Factors, Mixture, Result};
 
-/// `y = ((x V) * m) U^T + b`: the adapted layer without building `W'`.
+/// `y = ((x V) * m) U^T + b`: the adapted layer without building `W'`. Both products
+/// go through [`lm::cpu::linear`] (as `x (V^T)^T` and `h U^T`), so on the CPU the
+/// factorized forward uses the same kernels as the plain one.
 struct Factorized {
-    u_t: Tensor,
-    v: Tensor,
+    /// `U`, `[out, rank]`, contiguous.
+    u: Tensor,
+    /// `V^T`, `[rank, in]`, contiguous.
+    v_t: Tensor,
     scale: Arc<Mutex<Tensor>>,
 }
 
@@ -28,13 +32,13 @@ impl Factorized {
         slot: &Arc<Mutex<Tensor>>,
     ) -> Box<dyn LinearAdapter> {
         Box::new(Self {
-            u_t: f
-                .u
+            u: f.u.to_device(device).to_kind(kind).contiguous(),
+            v_t: f
+                .v
                 .to_device(device)
                 .to_kind(kind)
                 .transpose(0, 1)
                 .contiguous(),
-            v: f.v.to_device(device).to_kind(kind),
             scale: Arc::clone(slot),
         })
     }
@@ -43,11 +47,8 @@ impl Factorized {
 impl LinearAdapter for Factorized {
     fn forward(&self, x: &Tensor, layer: &Linear) -> Tensor {
         let scale = self.scale.lock().expect("scale lock").shallow_clone();
-        let y = (x.matmul(&self.v) * scale).matmul(&self.u_t);
-        match &layer.bias {
-            Some(bias) => y + bias,
-            None => y,
-        }
+        let inner = lm::cpu::linear(x, &self.v_t, None) * scale;
+        lm::cpu::linear(&inner, &self.u, layer.bias.as_ref())
     }
 }
 

@@ -1,0 +1,257 @@
+//! Linear layers on the CPU without libtorch's BLAS.
+//!
+//! libtorch's x86 wheels multiply f32 matrices with MKL, which on AMD processors takes a
+//! generic code path (`mkl_blas_def_*` in a profile) and, for more than one row of
+//! input, first copies the whole weight matrix into a packed buffer. Decoding is a few
+//! rows of input against weights much larger than the caches, so that copy doubles
+//! the memory traffic that bounds it. [`linear`] computes `x W^T + b` with this crate's
+//! AVX-512 or AVX2 kernel instead, run on libtorch's own OpenMP threads, whenever the
+//! inputs allow: CPU, f32, no gradient wanted, a contiguous
+//! weight. Otherwise, and on other processors, it is libtorch's `linear`.
+//!
+//! Each output is one thread's fixed-order sum, so results do not depend on the thread
+//! count; they differ from MKL's in rounding only (about 1e-6 relative).
+//!
+//! ```
+//! use tch::{Device, Kind, Tensor};
+//!
+//! let x = Tensor::randn([3, 40], (Kind::Float, Device::Cpu));
+//! let w = Tensor::randn([7, 40], (Kind::Float, Device::Cpu));
+//! let b = Tensor::randn([7], (Kind::Float, Device::Cpu));
+//! let ours = lm::cpu::linear(&x, &w, Some(&b));
+//! let torch = x.linear(&w, Some(&b));
+//! assert!(f64::try_from((ours - torch).abs().max()).unwrap() < 1e-4);
+//! ```
+
+mod kernels;
+mod team;
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tch::{Device, Kind, Tensor};
+
+use kernels::{Isa, Problem};
+
+/// Below this many multiply-adds (weights read counted as four each), a product runs
+/// on the calling thread: handing it out would cost more than it saves.
+const PARALLEL_MIN_WORK: usize = 1 << 17;
+/// Columns of `y` per piece of shared work, at least (a multiple of 4).
+const MIN_CHUNK: usize = 16;
+
+/// `x W^T + b` (`x`: `[.., k]`, `weight`: `[n, k]`, `bias`: `[n]`), as libtorch's
+/// `linear`, computed by this crate's kernel when it applies (see the module docs).
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
+    match enabled_isa().and_then(|isa| fast_linear(isa, x, weight, bias)) {
+        Some(y) => y,
+        None => x.linear(weight, bias),
+    }
+}
+
+/// Environment variable that turns the kernels off (`LM_CPU_LINEAR=libtorch`): every
+/// product is then libtorch's, for comparisons and for reproducing numbers measured
+/// with it.
+pub const SWITCH_ENV: &str = "LM_CPU_LINEAR";
+
+/// The instruction set the kernels use: `None` on other processors or when switched off
+/// by [`SWITCH_ENV`].
+fn enabled_isa() -> Option<Isa> {
+    static ISA: OnceLock<Option<Isa>> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        let off = std::env::var(SWITCH_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("libtorch"));
+        if off { None } else { Isa::detect() }
+    })
+}
+
+/// Whether [`linear`] has a kernel on this processor and can share it between
+/// libtorch's threads (else it is libtorch's `linear`).
+pub fn kernel_available() -> bool {
+    enabled_isa().is_some() && (tch::get_num_threads() <= 1 || team::available())
+}
+
+/// Whether `tensor` takes part in the kernel's path: a CPU f32 tensor that autograd
+/// need not see.
+fn plain_f32(tensor: &Tensor) -> bool {
+    tensor.device() == Device::Cpu && tensor.kind() == Kind::Float && !tensor.requires_grad()
+}
+
+/// The kernel's result, or `None` where the inputs are outside what it handles.
+pub(crate) fn fast_linear(
+    isa: Isa,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+) -> Option<Tensor> {
+    if !(plain_f32(x) && plain_f32(weight) && bias.is_none_or(plain_f32)) {
+        return None;
+    }
+    let (&[n, k], Some(&x_k)) = (weight.size().as_slice(), x.size().last()) else {
+        return None;
+    };
+    // A strided weight would need a copy of the whole matrix per call: leave it.
+    if x_k != k || n == 0 || k == 0 || !weight.is_contiguous() {
+        return None;
+    }
+    let bias = match bias {
+        Some(b) if b.size() != [n] => return None,
+        Some(b) => Some(b.contiguous()),
+        None => None,
+    };
+    let x = x.contiguous();
+    let mut out_shape = x.size();
+    *out_shape.last_mut()? = n;
+    let y = Tensor::empty(out_shape.as_slice(), (Kind::Float, Device::Cpu));
+    let (n, k) = (n as usize, k as usize);
+    let m = x.numel() / k;
+    if m == 0 {
+        return Some(y);
+    }
+    let problem = Problem {
+        x: x.data_ptr().cast::<f32>().cast_const(),
+        w: weight.data_ptr().cast::<f32>().cast_const(),
+        bias: bias.as_ref().map_or(std::ptr::null(), |b| {
+            b.data_ptr().cast::<f32>().cast_const()
+        }),
+        y: y.data_ptr().cast::<f32>(),
+        m,
+        n,
+        k,
+    };
+    let threads = usize::try_from(tch::get_num_threads()).unwrap_or(1).max(1);
+    let shared = threads > 1 && n * k * (m + 4) >= PARALLEL_MIN_WORK;
+    if !shared {
+        // SAFETY: `isa` was detected on this CPU; the tensors behind the pointers are
+        // alive and contiguous with these sizes; only this thread writes `y`.
+        unsafe { isa.run(&problem, 0, n) };
+        return Some(y);
+    }
+    // About 8 pieces per thread, so a thread that loses its core for a moment is
+    // caught up by the others.
+    let chunk = (n / (8 * threads)).next_multiple_of(4).max(MIN_CHUNK);
+    let chunks = n.div_ceil(chunk);
+    let next = AtomicUsize::new(0);
+    let ran = team::broadcast(threads, &|| {
+        loop {
+            let piece = next.fetch_add(1, Ordering::Relaxed);
+            if piece >= chunks {
+                break;
+            }
+            let begin = piece * chunk;
+            // SAFETY: as above; pieces are disjoint column ranges of `y`, each taken by
+            // exactly one thread.
+            unsafe { isa.run(&problem, begin, (begin + chunk).min(n)) };
+        }
+    });
+    // Without an OpenMP runtime to share the work, libtorch's own threads do better.
+    ran.then_some(y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn isas() -> Vec<Isa> {
+        let mut isas = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                isas.push(Isa::Avx512);
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                isas.push(Isa::Avx2);
+            }
+        }
+        isas
+    }
+
+    fn max_difference(a: &Tensor, b: &Tensor) -> f64 {
+        f64::try_from((a - b).abs().max()).expect("scalar")
+    }
+
+    #[test]
+    fn matches_libtorch_on_every_tail_of_rows_columns_and_width() {
+        tch::manual_seed(3);
+        let options = (Kind::Float, Device::Cpu);
+        for isa in isas() {
+            for k in [1i64, 5, 8, 15, 16, 17, 33, 64, 100] {
+                for n in [1i64, 3, 4, 5, 9, 16] {
+                    for m in [1i64, 2, 3, 4, 5, 7, 9] {
+                        let x = Tensor::randn([m, k], options);
+                        let w = Tensor::randn([n, k], options);
+                        let b = Tensor::randn([n], options);
+                        let expected = x.linear(&w, Some(&b));
+                        let ours = fast_linear(isa, &x, &w, Some(&b)).expect("applies");
+                        assert!(
+                            max_difference(&ours, &expected) < 1e-4,
+                            "{isa:?} m {m} n {n} k {k}"
+                        );
+                        let ours = fast_linear(isa, &x, &w, None).expect("applies");
+                        assert!(max_difference(&ours, &x.linear(&w, None::<&Tensor>)) < 1e-4);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn batched_strided_and_shared_out_products_match_libtorch() {
+        tch::manual_seed(5);
+        let options = (Kind::Float, Device::Cpu);
+        // Large enough to be shared between threads, with a ragged last piece.
+        let w = Tensor::randn([1030, 96], options);
+        let x = Tensor::randn([2, 3, 96], options);
+        // A transposed view: made contiguous before the kernel reads it.
+        let strided = Tensor::randn([96, 6], options).transpose(0, 1);
+        for isa in isas() {
+            let ours = fast_linear(isa, &x, &w, None).expect("applies");
+            assert_eq!(ours.size(), [2, 3, 1030]);
+            assert!(max_difference(&ours, &x.linear(&w, None::<&Tensor>)) < 1e-4);
+            let ours = fast_linear(isa, &strided, &w, None).expect("applies");
+            assert!(max_difference(&ours, &strided.linear(&w, None::<&Tensor>)) < 1e-4);
+        }
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        tch::manual_seed(9);
+        let options = (Kind::Float, Device::Cpu);
+        let w = Tensor::randn([2048, 256], options);
+        let x = Tensor::randn([5, 256], options);
+        let before = tch::get_num_threads();
+        tch::set_num_threads(1);
+        let alone = linear(&x, &w, None);
+        tch::set_num_threads(2);
+        let shared = linear(&x, &w, None);
+        tch::set_num_threads(before);
+        if kernel_available() {
+            assert!(alone.equal(&shared));
+        }
+    }
+
+    #[test]
+    fn falls_back_to_libtorch_where_the_kernel_does_not_apply() {
+        let options = (Kind::Float, Device::Cpu);
+        let x = Tensor::randn([2, 8], options);
+        let w = Tensor::randn([4, 8], options);
+        let wants_grad = Tensor::randn([2, 8], options).set_requires_grad(true);
+        for isa in isas() {
+            // Gradients wanted, another element type, a strided weight, mismatched sizes.
+            assert!(fast_linear(isa, &wants_grad, &w, None).is_none());
+            assert!(fast_linear(isa, &x.to_kind(Kind::Double), &w, None).is_none());
+            let strided = Tensor::randn([8, 4], options).transpose(0, 1);
+            assert!(fast_linear(isa, &x, &strided, None).is_none());
+            assert!(fast_linear(isa, &x, &Tensor::randn([4, 7], options), None).is_none());
+            assert!(fast_linear(isa, &x, &w, Some(&Tensor::randn([3], options))).is_none());
+        }
+        // The public function still computes them, through libtorch, with gradients.
+        let y = linear(&wants_grad, &w, None);
+        assert!(y.requires_grad());
+        y.sum(Kind::Float).backward();
+        let expected = w
+            .sum_dim_intlist(0, true, Kind::Float)
+            .expand([2, 8], false);
+        assert!(max_difference(&wants_grad.grad(), &expected) < 1e-5);
+    }
+}
