@@ -37,7 +37,7 @@ fn main() {
         println!("no kernel on this processor: lm::cpu::linear is libtorch's linear here");
         return;
     }
-    let rows = [1i64, 4, 16, 64, 256];
+    let rows = [1i64, 4, 16, 64, 256, 1024, 2048];
     println!("CPU, f32, {threads} threads; libtorch time / ours (median of 15), per rows m");
     println!(
         "{:<18}{}",

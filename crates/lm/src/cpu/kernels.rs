@@ -1,9 +1,11 @@
 //! `y = x W^T (+ b)` for row-major f32 matrices, with AVX-512 or AVX2 + FMA.
 //!
 //! Dot-product form: a block of 4 rows of `W` (at most 24 KB for the widths here, so it
-//! stays in L1) meets every row of `x` in turn, `R` rows at a time, with `4 R` vector
-//! accumulators; no packing, so `W` is read from memory once per call, which is what
-//! decoding (a few rows of `x`, weights far larger than the caches) is bound by.
+//! stays in L1) meets the rows of `x` in turn, `R` rows at a time, with `4 R` vector
+//! accumulators; no packing, so `W` is read from memory once per call when `x` is a few
+//! rows, which is what decoding (weights far larger than the caches) is bound by. Many
+//! rows of `x` (prefill, scoring) go in blocks that fit L2, each meeting a range of `W`
+//! that fits L2 too.
 
 /// One product: `y[m, n] = sum_k x[m, k] w[n, k] + bias[n]`, all contiguous row-major.
 #[derive(Clone, Copy)]
@@ -70,6 +72,15 @@ impl Isa {
     }
 }
 
+/// Bytes of `x` (and, separately, of `W`) that one thread keeps hot while the other
+/// streams past: a quarter of a typical 1 MB L2.
+pub(super) const L2_SHARE: usize = 256 * 1024;
+
+/// Rows of `x` per block: as many as fit [`L2_SHARE`], in whole tiles.
+pub(super) fn x_block_rows(k: usize) -> usize {
+    (L2_SHARE / (4 * k.max(1))).max(4) / 4 * 4
+}
+
 /// The shared body of both kernels; each module supplies `V`, `LANES`, `MAX_ROWS`,
 /// `zero`, `load`, `load_partial`, `fma` and `sum4` for its instruction set.
 #[cfg(target_arch = "x86_64")]
@@ -78,27 +89,36 @@ macro_rules! dot_kernel {
         /// See [`super::Isa::run`].
         #[target_feature(enable = $features)]
         pub(super) unsafe fn rows(p: &super::Problem, begin: usize, end: usize) {
-            let mut n = begin;
-            while n < end {
-                let valid = (end - n).min(4);
-                // A short last block repeats its last row; only valid columns are stored.
-                // SAFETY: rows n..n + valid exist in W.
-                let w = |j: usize| unsafe { p.w.add((n + j.min(valid - 1)) * p.k) };
-                let rows_w = [w(0), w(1), w(2), w(3)];
-                let mut i = 0;
-                while i < p.m {
-                    // SAFETY: forwarded from the caller; rows i.. of x and y exist.
-                    unsafe {
-                        match (p.m - i).min(MAX_ROWS) {
-                            4 => tile::<4>(p, &rows_w, i, n, valid),
-                            3 => tile::<3>(p, &rows_w, i, n, valid),
-                            2 => tile::<2>(p, &rows_w, i, n, valid),
-                            _ => tile::<1>(p, &rows_w, i, n, valid),
+            // Rows of x in blocks that stay in L2 while this range of W passes by.
+            let x_block = super::x_block_rows(p.k);
+            let mut block = 0;
+            while block < p.m {
+                let block_end = (block + x_block).min(p.m);
+                let mut n = begin;
+                while n < end {
+                    let valid = (end - n).min(4);
+                    // A short last block repeats its last row; only valid columns are
+                    // stored.
+                    // SAFETY: rows n..n + valid exist in W.
+                    let w = |j: usize| unsafe { p.w.add((n + j.min(valid - 1)) * p.k) };
+                    let rows_w = [w(0), w(1), w(2), w(3)];
+                    let mut i = block;
+                    while i < block_end {
+                        let rows = (block_end - i).min(MAX_ROWS);
+                        // SAFETY: forwarded from the caller; rows i.. of x and y exist.
+                        unsafe {
+                            match rows {
+                                4 => tile::<4>(p, &rows_w, i, n, valid),
+                                3 => tile::<3>(p, &rows_w, i, n, valid),
+                                2 => tile::<2>(p, &rows_w, i, n, valid),
+                                _ => tile::<1>(p, &rows_w, i, n, valid),
+                            }
                         }
+                        i += rows;
                     }
-                    i += (p.m - i).min(MAX_ROWS);
+                    n += 4;
                 }
-                n += 4;
+                block = block_end;
             }
         }
 

@@ -125,9 +125,13 @@ pub(crate) fn fast_linear(
         unsafe { isa.run(&problem, 0, n) };
         return Some(y);
     }
-    // About 8 pieces per thread, so a thread that loses its core for a moment is
-    // caught up by the others.
-    let chunk = (n / (8 * threads)).next_multiple_of(4).max(MIN_CHUNK);
+    // About 8 pieces per thread, so a thread that loses its core for a moment is caught
+    // up by the others; with many rows of x, pieces of W small enough to stay in L2
+    // while the blocks of x pass (see `kernels`).
+    let mut chunk = (n / (8 * threads)).next_multiple_of(4).max(MIN_CHUNK);
+    if m > kernels::x_block_rows(k) {
+        chunk = chunk.min((kernels::L2_SHARE / (4 * k)).max(MIN_CHUNK) / 4 * 4);
+    }
     let chunks = n.div_ceil(chunk);
     let next = AtomicUsize::new(0);
     let ran = team::broadcast(threads, &|| {
@@ -204,7 +208,14 @@ mod tests {
         let x = Tensor::randn([2, 3, 96], options);
         // A transposed view: made contiguous before the kernel reads it.
         let strided = Tensor::randn([96, 6], options).transpose(0, 1);
+        // Rows of x in several L2 blocks (32 rows each at this width), the last ragged.
+        let wide_w = Tensor::randn([37, 2048], options);
+        let tall_x = Tensor::randn([70, 2048], options);
+        assert_eq!(kernels::x_block_rows(2048), 32);
         for isa in isas() {
+            let ours = fast_linear(isa, &tall_x, &wide_w, None).expect("applies");
+            let expected = tall_x.linear(&wide_w, None::<&Tensor>);
+            assert!(max_difference(&ours, &expected) < 1e-3);
             let ours = fast_linear(isa, &x, &w, None).expect("applies");
             assert_eq!(ours.size(), [2, 3, 1030]);
             assert!(max_difference(&ours, &x.linear(&w, None::<&Tensor>)) < 1e-4);
