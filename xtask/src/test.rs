@@ -38,7 +38,7 @@ pub fn run(root: &Path, cargo_test_args: &[String]) -> Result<()> {
         ),
         Step::new("doc", &["doc", "--workspace", "--no-deps", "--locked"])
             .with_env("RUSTDOCFLAGS", "-D warnings"),
-        Step::new("test", &test),
+        test_step(&test),
     ];
     for step in steps {
         eprintln!("xtask test: {}: cargo {}", step.name, step.args.join(" "));
@@ -96,6 +96,21 @@ impl<'a> Step<'a> {
 }
 
 /// The cargo that launched xtask (so the toolchain stays the same), else `cargo`.
+/// The test step. Property tests draw their cases from a fixed seed unless the caller
+/// chose one (`PROPTEST_RNG_SEED`), so a CI run is reproducible; plain `cargo test`
+/// keeps exploring new cases (and records failures in `proptest-regressions/`).
+fn test_step<'a>(args: &[&'a str]) -> Step<'a> {
+    let step = Step::new("test", args);
+    if std::env::var_os(PROPTEST_SEED_ENV).is_some() {
+        step
+    } else {
+        step.with_env(PROPTEST_SEED_ENV, PROPTEST_SEED)
+    }
+}
+
+const PROPTEST_SEED_ENV: &str = "PROPTEST_RNG_SEED";
+const PROPTEST_SEED: &str = "20261126";
+
 fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
 }
