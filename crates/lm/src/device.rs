@@ -155,6 +155,8 @@ pub struct Runtime {
     pub cudnn_available: bool,
     /// libtorch's intra-op CPU threads.
     pub cpu_threads: usize,
+    /// What f32 linear layers run on, on the CPU ([`crate::cpu::kernel_description`]).
+    pub cpu_linear: String,
 }
 
 impl Runtime {
@@ -181,6 +183,7 @@ impl Runtime {
             cuda_device_count,
             cudnn_available: cuda_available && tch::Cuda::cudnn_is_available(),
             cpu_threads: usize::try_from(tch::get_num_threads()).unwrap_or(1).max(1),
+            cpu_linear: crate::cpu::kernel_description(),
         }
     }
 
@@ -242,7 +245,8 @@ impl fmt::Display for Runtime {
             self.cuda_device_count,
             if self.cudnn_available { "yes" } else { "no" }
         )?;
-        write!(f, "CPU threads     {}", self.cpu_threads)
+        writeln!(f, "CPU threads     {}", self.cpu_threads)?;
+        write!(f, "CPU linear      {}", self.cpu_linear)
     }
 }
 
@@ -326,12 +330,19 @@ fn load_cuda_library(libtorch_dir: &Path) -> CudaLibrary {
         };
     }
     // Opening the driver library does not initialise the driver; it only tells whether
-    // there is one. It is closed again here; libtorch opens it itself when it needs it.
+    // there is one. It stays open (libtorch's CUDA runtime opens the same library when
+    // it starts), so it is never unloaded and loaded again.
+    static DRIVER: OnceLock<Library> = OnceLock::new();
     // SAFETY: libcuda's load-time initialisers do not touch the GPU.
-    if let Err(error) = unsafe { Library::open(Some(DRIVER_LIBRARY), RTLD_NOW) } {
-        return CudaLibrary::NoDriver {
-            reason: error.to_string(),
-        };
+    match unsafe { Library::open(Some(DRIVER_LIBRARY), RTLD_NOW) } {
+        Ok(driver) => {
+            let _ = DRIVER.set(driver);
+        }
+        Err(error) => {
+            return CudaLibrary::NoDriver {
+                reason: error.to_string(),
+            };
+        }
     }
     // SAFETY: libtorch_cuda.so belongs to the libtorch this process already runs on; its
     // initialisers only register CUDA hooks with that libtorch.

@@ -57,10 +57,24 @@ pub const SWITCH_ENV: &str = "LM_CPU_LINEAR";
 /// by [`SWITCH_ENV`].
 fn enabled_isa() -> Option<Isa> {
     static ISA: OnceLock<Option<Isa>> = OnceLock::new();
-    *ISA.get_or_init(|| {
-        let off = std::env::var(SWITCH_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("libtorch"));
-        if off { None } else { Isa::detect() }
-    })
+    *ISA.get_or_init(|| if switched_off() { None } else { Isa::detect() })
+}
+
+fn switched_off() -> bool {
+    std::env::var(SWITCH_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("libtorch"))
+}
+
+/// What [`linear`] runs on here, in words (for reports such as `lm runtime`).
+pub fn kernel_description() -> String {
+    match (Isa::detect(), switched_off()) {
+        (_, true) => format!("libtorch's linear ({SWITCH_ENV}=libtorch)"),
+        (None, _) => "libtorch's linear (no AVX-512 or AVX2 + FMA here)".to_owned(),
+        (Some(_), _) if !kernel_available() => {
+            "libtorch's linear (no OpenMP runtime to share the kernel)".to_owned()
+        }
+        (Some(Isa::Avx512), _) => "lm kernel, AVX-512, on libtorch's OpenMP threads".to_owned(),
+        (Some(Isa::Avx2), _) => "lm kernel, AVX2 + FMA, on libtorch's OpenMP threads".to_owned(),
+    }
 }
 
 /// Whether [`linear`] has a kernel on this processor and can share it between
