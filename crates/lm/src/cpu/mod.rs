@@ -256,6 +256,27 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_callers_each_get_their_own_exact_result() {
+        tch::manual_seed(11);
+        let options = (Kind::Float, Device::Cpu);
+        let w = Tensor::randn([700, 320], options);
+        let inputs: Vec<Tensor> = (0..4).map(|_| Tensor::randn([6, 320], options)).collect();
+        let expected: Vec<Tensor> = inputs.iter().map(|x| linear(x, &w, None)).collect();
+        // Tensors are `Send`, not `Sync`: each thread owns shallow clones (same storage).
+        let callers: Vec<_> = inputs
+            .into_iter()
+            .zip(expected)
+            .map(|(x, want)| {
+                let w = w.shallow_clone();
+                std::thread::spawn(move || (0..50).all(|_| linear(&x, &w, None).equal(&want)))
+            })
+            .collect();
+        for caller in callers {
+            assert!(caller.join().expect("caller"));
+        }
+    }
+
+    #[test]
     fn falls_back_to_libtorch_where_the_kernel_does_not_apply() {
         let options = (Kind::Float, Device::Cpu);
         let x = Tensor::randn([2, 8], options);
