@@ -6,8 +6,8 @@
 //! rows of input against weights much larger than the caches, so that copy doubles
 //! the memory traffic that bounds it. [`linear`] computes `x W^T + b` with this crate's
 //! AVX-512 or AVX2 kernel instead, run on libtorch's own OpenMP threads, whenever the
-//! inputs allow: CPU, f32, no gradient wanted, a contiguous
-//! weight. Otherwise, and on other processors, it is libtorch's `linear`.
+//! inputs allow: CPU, f32, no gradient wanted, a contiguous weight. Otherwise, on other
+//! processors, or with `LM_CPU_LINEAR=libtorch`, it is libtorch's `linear`.
 //!
 //! Each output is one thread's fixed-order sum, so results do not depend on the thread
 //! count; they differ from MKL's in rounding only (about 1e-6 relative).
