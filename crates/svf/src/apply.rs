@@ -173,10 +173,10 @@ impl Svf {
             .iter()
             .zip(self.scales())
             .map(|(f, m)| {
-                (
-                    f.name.clone(),
-                    (&f.u * m.detach().unsqueeze(0)).matmul(&f.v.transpose(0, 1)),
-                )
+                // (U diag(m)) V^T as a linear layer with weight V: on the CPU it runs
+                // on `lm`'s kernel.
+                let scaled_u = &f.u * m.detach().to_kind(f.u.kind()).unsqueeze(0);
+                (f.name.clone(), lm::cpu::linear(&scaled_u, &f.v, None))
             })
             .collect()
     }
