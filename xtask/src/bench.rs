@@ -23,6 +23,7 @@ pub const BENCHES: &[&str] = &[
     "lm",
     "linear",
     "svf",
+    "profile",
 ];
 
 /// Runs `cargo <args>` in the repository with extra environment, failing on a non-zero exit.
@@ -102,6 +103,11 @@ pub fn run(root: &Path, name: &str) -> Result<()> {
             run_example(root, "svf-experts", "bench_svf", &args, &[])
         }
         "nsga2-scaling" => run_example(root, "nsga2", "bench_scaling", &[], &[]),
+        "profile" => {
+            let default_model = root.join(crate::default_model::DEFAULT_DIR);
+            let dir = default_model.display().to_string();
+            run_example(root, "self-eval", "bench_profile", &[&dir, "7"], &[])
+        }
         other => bail!("unknown benchmark `{other}`; known: {}", BENCHES.join(", ")),
     }
 }

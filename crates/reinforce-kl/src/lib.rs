@@ -51,5 +51,6 @@ pub use objective::{Baseline, KlEstimator};
 pub use optim::{AdamW, Grokfast, OptimizerConfig, Schedule};
 pub use svf_policy::{RolloutConfig, SvfPolicy};
 pub use trainer::{
-    Event, Policy, Reduction, Report, Scores, TrainerConfig, TrainingState, Validation, train,
+    Event, GateDecision, Policy, Reduction, Report, Scores, TrainerConfig, TrainingState,
+    Validation, train,
 };

@@ -90,6 +90,14 @@ impl SvfPolicy {
         &self.model
     }
 
+    /// The model with the current z-vectors' scales in place, for measurements outside
+    /// the trainer (scoring suites, greedy accuracy); builds no graph.
+    pub fn refreshed_model(&self) -> Result<&CausalLm> {
+        let _guard = tch::no_grad_guard();
+        self.svf.refresh()?;
+        Ok(&self.model)
+    }
+
     /// The expert being trained.
     pub fn expert(&self) -> &Expert {
         &self.expert

@@ -71,6 +71,45 @@ pub struct Validation {
     pub alignment: Option<f64>,
     /// Anything else worth logging.
     pub metrics: BTreeMap<String, f64>,
+    /// A behaviour gate's decision (for instance `eudaimonia-gate`'s, which also weighs
+    /// tool use, persona and drops from a baseline). When present it decides the
+    /// intervention instead of [`TrainerConfig::alignment_warn`] and
+    /// [`TrainerConfig::alignment_stop`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateDecision>,
+}
+
+/// What a behaviour gate decided after an epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "decision", content = "reason", rename_all = "snake_case")]
+pub enum GateDecision {
+    /// Behaviour kept: no intervention.
+    Pass,
+    /// Drifting: raise the KL coefficient (why).
+    Warn(String),
+    /// Eroded: stop, and restart with a higher KL coefficient while restarts remain (why).
+    Stop(String),
+}
+
+impl Validation {
+    /// The gate's decision, or one from the alignment score against the configured
+    /// levels when no gate decided.
+    pub fn decision(&self, config: &TrainerConfig) -> GateDecision {
+        if let Some(decision) = &self.gate {
+            return decision.clone();
+        }
+        match self.alignment {
+            Some(a) if a < config.alignment_stop => GateDecision::Stop(format!(
+                "alignment {a:.3} fell below {:.3}",
+                config.alignment_stop
+            )),
+            Some(a) if a < config.alignment_warn => GateDecision::Warn(format!(
+                "alignment {a:.3} below {:.3}",
+                config.alignment_warn
+            )),
+            _ => GateDecision::Pass,
+        }
+    }
 }
 
 /// Settings of a training run. Defaults follow what lifted an eroded skill in the
@@ -419,13 +458,8 @@ pub fn train<P: Policy>(
             mean_reward: reward_sum / rollouts.max(1) as f64,
             mean_kl,
         });
-        let alignment = validation.alignment;
-        if alignment.is_some_and(|a| a < config.alignment_stop) {
-            let reason = format!(
-                "alignment {:.3} fell below {:.3}",
-                alignment.unwrap_or(f64::NAN),
-                config.alignment_stop
-            );
+        let decision = validation.decision(config);
+        if let GateDecision::Stop(reason) = decision {
             if state.restarts < config.max_restarts {
                 state.restarts += 1;
                 let from = state.kl_coefficient;
@@ -442,18 +476,14 @@ pub fn train<P: Policy>(
                 state.finished = true;
             }
         } else {
-            if alignment.is_some_and(|a| a < config.alignment_warn) {
+            if let GateDecision::Warn(reason) = decision {
                 let from = state.kl_coefficient;
                 state.kl_coefficient = from.max(1e-3) * config.kl_raise;
                 state.events.push(Event::KlCoefficient {
                     epoch,
                     from,
                     to: state.kl_coefficient,
-                    reason: format!(
-                        "alignment {:.3} below {:.3}",
-                        alignment.unwrap_or(f64::NAN),
-                        config.alignment_warn
-                    ),
+                    reason,
                 });
             } else if let Some(target) = config.target_kl {
                 let from = state.kl_coefficient;

@@ -51,7 +51,7 @@ fn arithmetic(d: u32, rng: &mut Rng) -> (String, String) {
 }
 
 /// Evaluates `n0 op n1 op n2 ...` with `*` before `+` and `-`.
-fn evaluate_with_precedence(numbers: &[i64], operators: &[char]) -> i64 {
+pub(crate) fn evaluate_with_precedence(numbers: &[i64], operators: &[char]) -> i64 {
     let mut terms = vec![numbers[0]];
     let mut signs = vec![1i64];
     for (op, &n) in operators.iter().zip(&numbers[1..]) {

@@ -23,9 +23,11 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod domains;
+mod solve;
 mod suites;
 
 pub use domains::generate;
+pub use solve::solve;
 pub use suites::{PERSONA_NAME, Pair, REFUSAL, Suite, UNKNOWN, pairs};
 
 use serde::{Deserialize, Serialize};
@@ -77,6 +79,42 @@ impl Domain {
             Domain::Counting => "counting",
             Domain::Code => "code",
             Domain::Sequence => "sequence",
+        }
+    }
+
+    /// The domain of a snake-case name, if any.
+    pub fn from_name(name: &str) -> Option<Domain> {
+        Domain::ALL.into_iter().find(|d| d.name() == name)
+    }
+
+    /// What the domain asks, in a sentence (for dataset specs and generation prompts).
+    pub fn description(self) -> &'static str {
+        match self {
+            Domain::Arithmetic => "one addition, subtraction or multiplication of integers",
+            Domain::MultiStep => {
+                "a chain of single-digit additions, subtractions and multiplications with \
+                 the usual precedence"
+            }
+            Domain::Boolean => "a boolean expression over T and F with &, |, ! and parentheses",
+            Domain::Comparison => "the maximum or minimum of two numbers, or a sorted list",
+            Domain::Strings => "a word reversed (rev) or its letters sorted (sortc)",
+            Domain::Counting => "how often a letter occurs in a string over a, b, c, d",
+            Domain::Code => "the final value of x after a short program of x+=, x-=, x*=",
+            Domain::Sequence => "the next term of an arithmetic or geometric sequence",
+        }
+    }
+
+    /// The exact prompt and answer format, with an example.
+    pub fn format(self) -> &'static str {
+        match self {
+            Domain::Arithmetic => "prompt `47+25=`, answer `72`",
+            Domain::MultiStep => "prompt `3+4*2-5=`, answer `6`",
+            Domain::Boolean => "prompt `T&(F|!T)=`, answer `F` (T or F)",
+            Domain::Comparison => "prompt `max(47,52)=` or `sort(5,2,9)=`, answer `52` or `2,5,9`",
+            Domain::Strings => "prompt `rev(abc)=` or `sortc(cab)=`, answer `cba` or `abc`",
+            Domain::Counting => "prompt `count(a,banana)=`, answer `3`",
+            Domain::Code => "prompt `x=3;x*=2;x+=1;x?`, answer `7`",
+            Domain::Sequence => "prompt `52,59,66,73,?`, answer `80`",
         }
     }
 }

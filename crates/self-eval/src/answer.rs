@@ -1,0 +1,208 @@
+//! Answering problems: greedy accuracy in one teacher-forced pass (greedy-exact), the
+//! same by generation, and pass rates over sampled completions.
+//!
+//! Under greedy decoding a model emits a reference answer iff every answer token is the
+//! argmax at its position and a stop token is the argmax right after it. So one batched
+//! forward pass over `prompt + answer` decides what an autoregressive loop would, and
+//! also yields the probability of the reference answer (for confidence and
+//! calibration).
+
+use eudaimonia_gate::PromptFormat;
+use lm::{CausalLm, GenerateConfig, Sampling, Tokenizer};
+use synth_tasks::Problem;
+use tch::Kind;
+
+use crate::{Error, Result};
+
+/// A model, its tokenizer and how prompts are shown: what answers problems.
+pub struct Answerer<'a> {
+    /// The model (adapters included, as installed).
+    pub model: &'a CausalLm,
+    /// Its tokenizer.
+    pub tokenizer: &'a Tokenizer,
+    /// How prompts are rendered.
+    pub format: PromptFormat,
+    /// Tokens that end an answer (EOS ids and a one-token newline).
+    pub stop: Vec<i64>,
+    /// Sequences per forward pass.
+    pub batch: usize,
+}
+
+/// A problem's token ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    /// The rendered prompt.
+    pub prompt: Vec<i64>,
+    /// The reference answer (without a stop token).
+    pub answer: Vec<i64>,
+}
+
+/// One problem's one-pass result.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OnePass {
+    /// Greedy decoding would emit exactly the reference answer and stop.
+    pub exact: bool,
+    /// Log-probability of the reference answer followed by any stop token.
+    pub log_prob: f64,
+}
+
+impl<'a> Answerer<'a> {
+    /// An answerer with the model's stop tokens and batches of 256.
+    pub fn new(
+        model: &'a CausalLm,
+        tokenizer: &'a Tokenizer,
+        format: PromptFormat,
+    ) -> Result<Self> {
+        Ok(Self {
+            model,
+            tokenizer,
+            format,
+            stop: eudaimonia_gate::stop_tokens(model, tokenizer)?,
+            batch: 256,
+        })
+    }
+
+    /// Encodes problems (prompt rendered through the format).
+    pub fn encode(&self, problems: &[Problem]) -> Result<Vec<Encoded>> {
+        problems
+            .iter()
+            .map(|p| {
+                let prompt = self
+                    .tokenizer
+                    .encode(&self.format.render(&p.prompt), false)?;
+                let answer = self.tokenizer.encode(&p.answer, false)?;
+                if prompt.is_empty() || answer.is_empty() {
+                    return Err(Error::Data(format!(
+                        "problem `{}` -> `{}` encodes to an empty prompt or answer",
+                        p.prompt, p.answer
+                    )));
+                }
+                Ok(Encoded { prompt, answer })
+            })
+            .collect()
+    }
+
+    /// Greedy-exactness and reference log-probability of every problem, in batched
+    /// teacher-forced passes.
+    pub fn one_pass(&self, encoded: &[Encoded]) -> Result<Vec<OnePass>> {
+        let Some(&first_stop) = self.stop.first() else {
+            return Err(Error::Config("the model has no stop token".into()));
+        };
+        let _guard = tch::no_grad_guard();
+        let stop = tch::Tensor::from_slice(&self.stop);
+        let mut out = Vec::with_capacity(encoded.len());
+        for chunk in encoded.chunks(self.batch.max(1)) {
+            // The answer plus one stop token: the last position's distribution says
+            // whether greedy decoding stops right after the answer.
+            let completions: Vec<Vec<i64>> = chunk
+                .iter()
+                .map(|e| e.answer.iter().copied().chain([first_stop]).collect())
+                .collect();
+            let pairs: Vec<(&[i64], &[i64])> = chunk
+                .iter()
+                .zip(&completions)
+                .map(|(e, c)| (e.prompt.as_slice(), c.as_slice()))
+                .collect();
+            let scored = self.model.completion_log_probs(&pairs, true)?;
+            let distributions = scored.distributions.unwrap_or_default();
+            for (e, distribution) in chunk.iter().zip(&distributions) {
+                let distribution = distribution.to_device(tch::Device::Cpu);
+                let n = e.answer.len() as i64;
+                let best = Vec::<i64>::try_from(distribution.argmax(-1, false))?;
+                let answer_ids = tch::Tensor::from_slice(&e.answer);
+                let answer_log_prob = distribution
+                    .narrow(0, 0, n)
+                    .gather(1, &answer_ids.unsqueeze(1), false)
+                    .sum(Kind::Double)
+                    .double_value(&[]);
+                let stop_log_prob = distribution
+                    .get(n)
+                    .index_select(0, &stop)
+                    .logsumexp([0], false)
+                    .double_value(&[]);
+                let exact =
+                    best[..n as usize] == e.answer[..] && self.stop.contains(&best[n as usize]);
+                out.push(OnePass {
+                    exact,
+                    log_prob: answer_log_prob + stop_log_prob,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The same greedy-exactness by generation (the slow path the one pass replaces):
+    /// generates up to answer length + 1 tokens and checks that the answer came out and
+    /// was followed by a stop token. Also the decoded texts.
+    pub fn generate_exact(&self, encoded: &[Encoded]) -> Result<(Vec<bool>, Vec<String>)> {
+        let mut exact = Vec::with_capacity(encoded.len());
+        let mut texts = Vec::with_capacity(encoded.len());
+        for chunk in encoded.chunks(self.batch.max(1)) {
+            let longest = chunk.iter().map(|e| e.answer.len()).max().unwrap_or(0);
+            let config = GenerateConfig {
+                max_new_tokens: longest + 1,
+                sampling: Sampling::Greedy,
+                seed: 0,
+                stop_tokens: Some(self.stop.clone()),
+            };
+            let prompts: Vec<Vec<i64>> = chunk.iter().map(|e| e.prompt.clone()).collect();
+            let generated = tch::no_grad(|| self.model.generate(&prompts, &config))?;
+            for (e, g) in chunk.iter().zip(&generated) {
+                let n = e.answer.len();
+                exact.push(
+                    g.tokens.len() == n + 1
+                        && g.tokens[..n] == e.answer[..]
+                        && self.stop.contains(&g.tokens[n]),
+                );
+                texts.push(self.tokenizer.decode(&g.tokens, true)?);
+            }
+        }
+        Ok((exact, texts))
+    }
+
+    /// Share of `samples` completions per problem (temperature 1, seeded) whose text
+    /// verifies against the problem; `max_new_tokens` bounds each completion.
+    pub fn pass_rates(
+        &self,
+        problems: &[Problem],
+        encoded: &[Encoded],
+        samples: usize,
+        max_new_tokens: usize,
+        seed: u64,
+    ) -> Result<Vec<f64>> {
+        if samples == 0 {
+            return Err(Error::Config("pass rates need at least one sample".into()));
+        }
+        let per_batch = (self.batch / samples).max(1);
+        let mut out = Vec::with_capacity(problems.len());
+        for (index, (chunk, problem_chunk)) in encoded
+            .chunks(per_batch)
+            .zip(problems.chunks(per_batch))
+            .enumerate()
+        {
+            let prompts: Vec<Vec<i64>> = chunk
+                .iter()
+                .flat_map(|e| std::iter::repeat_n(e.prompt.clone(), samples))
+                .collect();
+            let config = GenerateConfig {
+                max_new_tokens,
+                sampling: Sampling::Temperature {
+                    temperature: 1.0,
+                    top_p: 1.0,
+                },
+                seed: seed.wrapping_add(index as u64),
+                stop_tokens: Some(self.stop.clone()),
+            };
+            let generated = tch::no_grad(|| self.model.generate(&prompts, &config))?;
+            for (problem, group) in problem_chunk.iter().zip(generated.chunks(samples)) {
+                let mut passed = 0usize;
+                for g in group {
+                    let text = self.tokenizer.decode(&g.tokens, true)?;
+                    passed += usize::from(synth_tasks::verify(problem, &text));
+                }
+                out.push(passed as f64 / samples as f64);
+            }
+        }
+        Ok(out)
+    }
+}
