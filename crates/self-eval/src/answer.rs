@@ -10,7 +10,6 @@
 use eudaimonia_gate::PromptFormat;
 use lm::{CausalLm, GenerateConfig, Sampling, Tokenizer};
 use synth_tasks::Problem;
-use tch::Kind;
 
 use crate::{Error, Result};
 
@@ -104,28 +103,27 @@ impl<'a> Answerer<'a> {
                 .map(|(e, c)| (e.prompt.as_slice(), c.as_slice()))
                 .collect();
             let scored = self.model.completion_log_probs(&pairs, true)?;
-            let distributions = scored.distributions.unwrap_or_default();
-            for (e, distribution) in chunk.iter().zip(&distributions) {
-                let distribution = distribution.to_device(tch::Device::Cpu);
-                let n = e.answer.len() as i64;
-                let best = Vec::<i64>::try_from(distribution.argmax(-1, false))?;
-                let answer_ids = tch::Tensor::from_slice(&e.answer);
-                let answer_log_prob = distribution
-                    .narrow(0, 0, n)
-                    .gather(1, &answer_ids.unsqueeze(1), false)
-                    .sum(Kind::Double)
-                    .double_value(&[]);
-                let stop_log_prob = distribution
-                    .get(n)
-                    .index_select(0, &stop)
-                    .logsumexp([0], false)
-                    .double_value(&[]);
-                let exact =
-                    best[..n as usize] == e.answer[..] && self.stop.contains(&best[n as usize]);
+            // Everything below runs on all rows of the chunk at once: per-problem tensor
+            // calls would cost more than the forward pass itself.
+            let rows = tch::Tensor::cat(&scored.distributions.unwrap_or_default(), 0)
+                .to_device(tch::Device::Cpu);
+            let best = Vec::<i64>::try_from(rows.argmax(-1, false))?;
+            let picked = Vec::<f32>::try_from(
+                tch::Tensor::cat(&scored.token_log_probs, 0).to_device(tch::Device::Cpu),
+            )?;
+            let stop_log_probs =
+                Vec::<f32>::try_from(rows.index_select(1, &stop).logsumexp([1], false))?;
+            let mut offset = 0;
+            for e in chunk {
+                let n = e.answer.len();
+                let last = offset + n;
+                let answer_log_prob: f64 = picked[offset..last].iter().map(|&v| f64::from(v)).sum();
+                let exact = best[offset..last] == e.answer[..] && self.stop.contains(&best[last]);
                 out.push(OnePass {
                     exact,
-                    log_prob: answer_log_prob + stop_log_prob,
+                    log_prob: answer_log_prob + f64::from(stop_log_probs[last]),
                 });
+                offset = last + 1;
             }
         }
         Ok(out)
