@@ -447,7 +447,21 @@ pub fn plan(
                     ));
                 }
             }
-            rationale.push_str(&format!("; gradients agree: {}", pairs.join("; ")));
+            let weakest = cluster
+                .iter()
+                .enumerate()
+                .flat_map(|(a, &i)| cluster[a + 1..].iter().map(move |&j| (i, j)))
+                .map(|(i, j)| cosines[i][j])
+                .fold(f64::INFINITY, f64::min);
+            rationale.push_str(&format!(
+                "; grouped by gradient similarity{}: {}",
+                if weakest < 0.2 {
+                    " (weak: cosine below 0.2, the grouping is within the noise)"
+                } else {
+                    ""
+                },
+                pairs.join("; ")
+            ));
         } else {
             let i = cluster[0];
             let nearest = (0..n)
