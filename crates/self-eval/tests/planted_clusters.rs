@@ -120,22 +120,32 @@ impl Policy for Toy {
     }
 }
 
+/// Each domain's REINFORCE gradients over `problems` rollout groups (token 0 is the
+/// right answer everywhere).
+fn measure(
+    toy: &mut Toy,
+    domains: usize,
+    problems: usize,
+    accuracy: f64,
+) -> Vec<DomainMeasurement> {
+    (0..domains)
+        .map(|d| {
+            let reward = |_: usize, c: &[i64]| if c[0] == 0 { 1.0 } else { -1.0 };
+            DomainMeasurement {
+                domain: format!("d{d}"),
+                accuracy,
+                gradients: policy_gradients(toy, &vec![d; problems], &reward, 8, 100 + d as u64)
+                    .unwrap(),
+            }
+        })
+        .collect()
+}
+
 #[test]
 fn planted_clusters_are_recovered() {
     let clusters = [0usize, 0, 0, 1, 1, 2, 2];
     let mut toy = Toy::new(&clusters, 3);
-    let mut measurements = Vec::new();
-    for (d, _) in clusters.iter().enumerate() {
-        // 32 "problems" of domain d; token 0 is the right answer everywhere.
-        let prompts = vec![d; 32];
-        let reward = |_: usize, c: &[i64]| if c[0] == 0 { 1.0 } else { -1.0 };
-        let gradients = policy_gradients(&mut toy, &prompts, &reward, 8, 100 + d as u64).unwrap();
-        measurements.push(DomainMeasurement {
-            domain: format!("d{d}"),
-            accuracy: 0.3,
-            gradients,
-        });
-    }
+    let measurements = measure(&mut toy, clusters.len(), 32, 0.3);
     let config = PlannerConfig {
         bootstrap: 100,
         seed: 1,
@@ -182,18 +192,7 @@ fn more_clusters_than_allowed_merge_the_most_similar() {
     // planted pair stays together.
     let clusters = [0usize, 0, 1, 1, 2, 2, 3, 3, 4, 4];
     let mut toy = Toy::new(&clusters, 5);
-    let measurements: Vec<DomainMeasurement> = clusters
-        .iter()
-        .enumerate()
-        .map(|(d, _)| {
-            let reward = |_: usize, c: &[i64]| if c[0] == 0 { 1.0 } else { -1.0 };
-            DomainMeasurement {
-                domain: format!("d{d}"),
-                accuracy: 0.2,
-                gradients: policy_gradients(&mut toy, &[d; 24], &reward, 8, d as u64).unwrap(),
-            }
-        })
-        .collect();
+    let measurements = measure(&mut toy, clusters.len(), 24, 0.2);
     let config = PlannerConfig {
         max_experts: 3,
         bootstrap: 50,
@@ -234,18 +233,7 @@ impl self_eval::planner::PlanAdvisor for Scripted {
 fn an_advisor_plan_is_used_only_when_valid() {
     let clusters = [0usize, 0, 1, 1, 2];
     let mut toy = Toy::new(&clusters, 7);
-    let measurements: Vec<DomainMeasurement> = clusters
-        .iter()
-        .enumerate()
-        .map(|(d, _)| {
-            let reward = |_: usize, c: &[i64]| if c[0] == 0 { 1.0 } else { -1.0 };
-            DomainMeasurement {
-                domain: format!("d{d}"),
-                accuracy: 0.2,
-                gradients: policy_gradients(&mut toy, &[d; 16], &reward, 8, d as u64).unwrap(),
-            }
-        })
-        .collect();
+    let measurements = measure(&mut toy, clusters.len(), 16, 0.2);
     let config = PlannerConfig {
         bootstrap: 20,
         ..PlannerConfig::default()

@@ -23,6 +23,15 @@ pub fn generate(domain: Domain, difficulty: u32, rng: &mut Rng) -> Problem {
     }
 }
 
+/// `1,2,3`.
+pub(crate) fn join_numbers(numbers: &[i64]) -> String {
+    numbers
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn number_with_digits(digits: u32, rng: &mut Rng) -> i64 {
     if digits <= 1 {
         return rng.range(0, 9);
@@ -133,23 +142,9 @@ fn comparison(d: u32, rng: &mut Rng) -> (String, String) {
     }
     let count = (d + 1).min(10) as usize;
     let mut numbers: Vec<i64> = (0..count).map(|_| rng.range(0, 99)).collect();
-    let prompt = format!(
-        "sort({})=",
-        numbers
-            .iter()
-            .map(i64::to_string)
-            .collect::<Vec<_>>()
-            .join(",")
-    );
+    let prompt = format!("sort({})=", join_numbers(&numbers));
     numbers.sort_unstable();
-    (
-        prompt,
-        numbers
-            .iter()
-            .map(i64::to_string)
-            .collect::<Vec<_>>()
-            .join(","),
-    )
+    (prompt, join_numbers(&numbers))
 }
 
 fn word(length: usize, alphabet: &[u8], rng: &mut Rng) -> String {
@@ -218,14 +213,7 @@ fn sequence(d: u32, rng: &mut Rng) -> (String, String) {
         };
         (0..=shown).map(|i| start + step * i).collect()
     };
-    let prompt = format!(
-        "{},?",
-        terms[..shown as usize]
-            .iter()
-            .map(i64::to_string)
-            .collect::<Vec<_>>()
-            .join(",")
-    );
+    let prompt = format!("{},?", join_numbers(&terms[..shown as usize]));
     (prompt, terms[shown as usize].to_string())
 }
 

@@ -44,7 +44,7 @@ pub fn solve(domain: Domain, prompt: &str) -> Option<String> {
                 ("sort", list) if !list.is_empty() => {
                     let mut list = list.to_vec();
                     list.sort_unstable();
-                    Some(join(&list))
+                    Some(crate::domains::join_numbers(&list))
                 }
                 _ => None,
             }
@@ -142,14 +142,6 @@ fn call(prompt: &str) -> Option<(&str, &str)> {
     let inner = prompt.strip_suffix(")=")?;
     let (name, arguments) = inner.split_once('(')?;
     Some((name, arguments))
-}
-
-fn join(numbers: &[i64]) -> String {
-    numbers
-        .iter()
-        .map(i64::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// Recursive descent over `T`, `F`, `!`, parentheses, `&` and `|`. The generator
