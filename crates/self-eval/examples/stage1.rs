@@ -39,6 +39,9 @@ struct Args {
     /// Train expert K on validated vs unvalidated data of the same size.
     #[arg(long)]
     ablation: Option<usize>,
+    /// Pass-rate band of per-problem validation (the seed's 0.6-0.9 by default).
+    #[arg(long, num_args = 2, default_values_t = [0.6, 0.9])]
+    band: Vec<f64>,
     /// Seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -134,6 +137,7 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let held_out = DuplicateIndex::held_out(held_out_prompts.iter().map(String::as_str));
     let validation_config = ValidationConfig {
+        band: [args.band[0], args.band[1]],
         seed: args.seed,
         ..ValidationConfig::default()
     };
