@@ -285,40 +285,23 @@ pub fn check(
             Metric::BehaviourRate => "behaviour rate",
             Metric::MeanMargin => "mean margin",
         };
+        let below = |level: &str, limit: f64| {
+            format!("{name} {metric} {value:.3} below the {level} level {limit:.3}")
+        };
+        let dropped = |action: &str, limit: f64| {
+            format!(
+                "{name} {metric} {value:.3} dropped {drop:.3} from the baseline {reference:.3} \
+                 ({action} above {limit:.3})"
+            )
+        };
         let (verdict, reason) = if value < t.stop_below {
-            (
-                Verdict::Stop,
-                format!(
-                    "{name} {metric} {value:.3} below the stop level {:.3}",
-                    t.stop_below
-                ),
-            )
+            (Verdict::Stop, below("stop", t.stop_below))
         } else if drop > t.max_drop_stop {
-            (
-                Verdict::Stop,
-                format!(
-                    "{name} {metric} {value:.3} dropped {drop:.3} from the baseline {reference:.3} \
-                     (stop above {:.3})",
-                    t.max_drop_stop
-                ),
-            )
+            (Verdict::Stop, dropped("stop", t.max_drop_stop))
         } else if value < t.warn_below {
-            (
-                Verdict::Warn,
-                format!(
-                    "{name} {metric} {value:.3} below the warning level {:.3}",
-                    t.warn_below
-                ),
-            )
+            (Verdict::Warn, below("warning", t.warn_below))
         } else if drop > t.max_drop_warn {
-            (
-                Verdict::Warn,
-                format!(
-                    "{name} {metric} {value:.3} dropped {drop:.3} from the baseline {reference:.3} \
-                     (warn above {:.3})",
-                    t.max_drop_warn
-                ),
-            )
+            (Verdict::Warn, dropped("warn", t.max_drop_warn))
         } else {
             (
                 Verdict::Pass,
