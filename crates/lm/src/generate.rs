@@ -394,6 +394,27 @@ impl CausalLm {
     }
 }
 
+impl CausalLm {
+    /// Each sequence's mean final-normed hidden state over its tokens, `[batch, hidden]`
+    /// (f32, no gradient): a fixed-size summary of a prompt as the model reads it, for
+    /// routers and nearest-centroid classifiers.
+    pub fn pooled_hidden(&self, sequences: &[Vec<i64>]) -> Result<Tensor> {
+        if let Some(i) = sequences.iter().position(Vec::is_empty) {
+            return Err(Error::Input(format!("sequence {i} is empty")));
+        }
+        self.check_ids(sequences)?;
+        let _guard = tch::no_grad_guard();
+        let (ids, mask) = left_pad(sequences, self.pad_id())?;
+        let hidden = self.final_norm(&self.hidden_states(&ids, Some(&mask), None)?);
+        let mask = mask
+            .to_device(hidden.device())
+            .to_kind(Kind::Float)
+            .unsqueeze(-1);
+        let summed = (hidden.to_kind(Kind::Float) * &mask).sum_dim_intlist(1, false, Kind::Float);
+        Ok(summed / mask.sum_dim_intlist(1, false, Kind::Float))
+    }
+}
+
 /// Mean next-token cross-entropy of `logits` (`[batch, positions, vocab]`) against
 /// `input_ids` shifted by one, over positions where both the token and its successor
 /// are real (`attention_mask` 1; all positions when `None`). Differentiable.

@@ -594,6 +594,11 @@ impl CausalLm {
         Ok(hidden)
     }
 
+    /// The final norm alone.
+    pub(crate) fn final_norm(&self, hidden: &Tensor) -> Tensor {
+        self.norm.forward(hidden)
+    }
+
     /// Final norm and output projection: logits (f32) for hidden states `[.., hidden]`.
     /// Per position, so it commutes with choosing positions first.
     pub(crate) fn project(&self, hidden: &Tensor) -> Tensor {

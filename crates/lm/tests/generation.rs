@@ -293,3 +293,25 @@ fn completion_log_probs_match_scores_across_a_padded_batch() {
             .is_err()
     );
 }
+
+#[test]
+fn pooled_hidden_states_do_not_depend_on_the_batch() {
+    let model = model("llama");
+    let together = model.pooled_hidden(&prompts()).unwrap();
+    assert_eq!(together.size(), [3, model.config().hidden_size as i64]);
+    for (i, prompt) in prompts().into_iter().enumerate() {
+        let alone = model.pooled_hidden(&[prompt]).unwrap();
+        let gap = (alone.get(0) - together.get(i as i64))
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(gap < 1e-5, "prompt {i}: {gap}");
+    }
+    // Different prompts read differently.
+    let gap = (together.get(0) - together.get(1))
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(gap > 1e-3, "{gap}");
+    assert!(model.pooled_hidden(&[vec![]]).is_err());
+}

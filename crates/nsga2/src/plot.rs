@@ -91,3 +91,50 @@ pub fn curve_svg(path: &Path, title: &str, y_label: &str, values: &[(usize, f64)
         .map_err(|e| plot_error(path, e))?;
     root.present().map_err(|e| plot_error(path, e))
 }
+
+/// Draws several named curves over generations on one chart, with a legend, as SVG
+/// (e.g. hypervolume with and without guidance).
+pub fn curves_svg(
+    path: &Path,
+    title: &str,
+    y_label: &str,
+    series: &[(&str, Vec<(usize, f64)>)],
+) -> Result<()> {
+    let root = SVGBackend::new(path, (640, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_error(path, e))?;
+    let points = || series.iter().flat_map(|(_, values)| values.iter());
+    let last = points().map(|v| v.0).max().unwrap_or(1).max(1);
+    let ys = range(points().map(|v| v.1));
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0..last, ys)
+        .map_err(|e| plot_error(path, e))?;
+    chart
+        .configure_mesh()
+        .x_desc("generation")
+        .y_desc(y_label)
+        .draw()
+        .map_err(|e| plot_error(path, e))?;
+    let colours = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+    for (index, (name, values)) in series.iter().enumerate() {
+        let colour = colours[index % colours.len()];
+        chart
+            .draw_series(LineSeries::new(
+                values.iter().copied(),
+                colour.stroke_width(2),
+            ))
+            .map_err(|e| plot_error(path, e))?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| plot_error(path, e))?;
+    root.present().map_err(|e| plot_error(path, e))
+}

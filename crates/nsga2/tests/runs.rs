@@ -405,7 +405,20 @@ fn plots_are_written_as_svg() {
         &[(0, 0.1), (10, 0.5), (20, 0.7)],
     )
     .unwrap();
-    for path in [front_path, curve_path] {
+    let curves_path = dir.path().join("curves.svg");
+    nsga2::plot::curves_svg(
+        &curves_path,
+        "HV",
+        "hypervolume",
+        &[
+            ("guided", vec![(0, 0.1), (10, 0.6)]),
+            ("unguided", vec![(0, 0.1), (10, 0.4), (20, 0.5)]),
+        ],
+    )
+    .unwrap();
+    let curves = std::fs::read_to_string(&curves_path).unwrap();
+    assert!(curves.contains("guided") && curves.contains("unguided"));
+    for path in [front_path, curve_path, curves_path] {
         let svg = std::fs::read_to_string(&path).unwrap();
         assert!(
             svg.starts_with("<svg") && svg.contains("<text"),

@@ -5,7 +5,7 @@
 //!
 //! ```sh
 //! cargo run --release -p self-eval --example train_expert -- \
-//!     --model assets/default-model --domain code [--attention] [--out expert.safetensors]
+//!     --model assets/default-model --domain arithmetic,multi_step [--attention] [--out expert.safetensors]
 //! ```
 //!
 //! Each domain's difficulty comes from the model's `recipe.json` when it has one.
@@ -27,9 +27,13 @@ struct Args {
     /// Model folder (config.json, weights, tokenizer.json).
     #[arg(long)]
     model: PathBuf,
-    /// Domain to train on (snake-case name, e.g. `multi_step`).
+    /// Domains to train on, comma-separated snake-case names (e.g. `arithmetic,multi_step`):
+    /// the training and validation problems are split evenly between them.
     #[arg(long)]
     domain: String,
+    /// The expert's name; by default the domains joined with `+`.
+    #[arg(long)]
+    name: Option<String>,
     /// Difficulty of every domain; by default the model's `recipe.json`, else 1.
     #[arg(long)]
     difficulty: Option<u32>,
@@ -76,26 +80,44 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let domain = Domain::from_name(&args.domain).with_context(|| {
-        let names: Vec<&str> = Domain::ALL.iter().map(|d| d.name()).collect();
-        format!(
-            "unknown domain `{}`; expected one of {names:?}",
-            args.domain
-        )
-    })?;
+    let domains: Vec<Domain> = args
+        .domain
+        .split(',')
+        .map(|name| {
+            Domain::from_name(name.trim()).with_context(|| {
+                let names: Vec<&str> = Domain::ALL.iter().map(|d| d.name()).collect();
+                format!("unknown domain `{name}`; expected one of {names:?}")
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let name = args.name.clone().unwrap_or_else(|| {
+        let names: Vec<&str> = domains.iter().map(|d| d.name()).collect();
+        names.join("+")
+    });
     let recorded = recorded_difficulties(&args.model)?;
     let difficulty_of = |d: Domain| args.difficulty.or(recorded.get(&d).copied()).unwrap_or(1);
     let tokenizer = lm::Tokenizer::from_dir(&args.model)?;
     let mut model = lm::CausalLm::load(&args.model, tch::Device::Cpu, tch::Kind::Float)?;
 
-    let pool = distinct_problems(
-        domain,
-        difficulty_of(domain),
-        Split::Train,
-        args.train_problems + args.validation,
-        args.seed,
-    );
-    let (train, validation) = pool.split_at(args.train_problems.min(pool.len()));
+    // Each domain's share of the training and validation problems (the trainer samples
+    // prompts at random, so their order does not matter).
+    let share =
+        |total: usize, i: usize| total / domains.len() + usize::from(i < total % domains.len());
+    let mut train = Vec::new();
+    let mut validation = Vec::new();
+    for (i, &domain) in domains.iter().enumerate() {
+        let (t, v) = (share(args.train_problems, i), share(args.validation, i));
+        let pool = distinct_problems(
+            domain,
+            difficulty_of(domain),
+            Split::Train,
+            t + v,
+            args.seed,
+        );
+        let (a, b) = pool.split_at(t.min(pool.len()));
+        train.extend_from_slice(a);
+        validation.extend_from_slice(b);
+    }
     let held_out: BTreeMap<String, _> = Domain::ALL
         .iter()
         .map(|&d| {
@@ -142,10 +164,10 @@ fn main() -> anyhow::Result<()> {
         },
         ..ExpertConfig::default()
     };
-    let mut policy = new_policy(model, &tokenizer, decomposition, domain.name(), &config)?;
+    let mut policy = new_policy(model, &tokenizer, decomposition, &name, &config)?;
     let data = ExpertData {
-        train: train.to_vec(),
-        validation: validation.to_vec(),
+        train,
+        validation,
         held_out,
     };
     let outcome = train_expert(
@@ -160,7 +182,7 @@ fn main() -> anyhow::Result<()> {
     println!(
         "expert `{}` ({}): {} steps here ({} in all) in {:.1} s ({:.1} s outside validation): \
          {:.1} optimiser steps/min, {:.1} rollout tokens/s",
-        domain.name(),
+        name,
         if args.attention {
             "MLP + attention"
         } else {
@@ -204,8 +226,8 @@ fn main() -> anyhow::Result<()> {
     );
     let (_, mut expert) = policy.into_parts()?;
     expert.training = serde_json::json!({
-        "domain": domain.name(),
-        "difficulty": difficulty_of(domain),
+        "domains": domains.iter().map(|d| d.name()).collect::<Vec<_>>(),
+        "difficulties": domains.iter().map(|&d| difficulty_of(d)).collect::<Vec<_>>(),
         "config": config,
         "outcome": outcome,
     });

@@ -45,6 +45,40 @@ pub struct OnePass {
     pub log_prob: f64,
 }
 
+/// What a teacher-forced row checks besides its tokens' log-probabilities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Greedy decoding emits exactly the completion and then stops (the completion is
+    /// scored with a stop token appended).
+    Answer,
+    /// Greedy decoding emits the completion's tokens first (what follows is free).
+    Prefix,
+    /// Nothing: only the likelihood is wanted.
+    Likelihood,
+}
+
+/// One teacher-forced row's result.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Forced {
+    /// Whether the row's [`Check`] holds (false for [`Check::Likelihood`]).
+    pub holds: bool,
+    /// How many leading completion tokens are the argmax at their position.
+    pub matched: usize,
+    /// Mean log-probability of the completion's tokens (without the stop token).
+    pub mean_log_prob: f64,
+}
+
+/// A prompt, a completion and what to check: one row of [`Answerer::forced`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForcedRow {
+    /// Prompt ids.
+    pub prompt: Vec<i64>,
+    /// Completion ids (non-empty).
+    pub completion: Vec<i64>,
+    /// What to check.
+    pub check: Check,
+}
+
 impl<'a> Answerer<'a> {
     /// An answerer with the model's stop tokens and batches of 256.
     pub fn new(
@@ -124,6 +158,87 @@ impl<'a> Answerer<'a> {
                     log_prob: answer_log_prob + f64::from(stop_log_probs[last]),
                 });
                 offset = last + 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Any mix of answers, prefixes and likelihoods in batched teacher-forced passes:
+    /// what scoring a model on problems and preference suites at once needs.
+    pub fn forced(&self, rows: &[ForcedRow]) -> Result<Vec<Forced>> {
+        let Some(&first_stop) = self.stop.first() else {
+            return Err(Error::Config("the model has no stop token".into()));
+        };
+        if let Some(i) = rows
+            .iter()
+            .position(|r| r.prompt.is_empty() || r.completion.is_empty())
+        {
+            return Err(Error::Data(format!(
+                "teacher-forced row {i} has an empty prompt or completion"
+            )));
+        }
+        let _guard = tch::no_grad_guard();
+        // Rows of similar length share a batch, so left padding costs little: the
+        // search set mixes short problems with long suite items.
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        order.sort_by_key(|&i| rows[i].prompt.len() + rows[i].completion.len());
+        let mut out = vec![
+            Forced {
+                holds: false,
+                matched: 0,
+                mean_log_prob: 0.0,
+            };
+            rows.len()
+        ];
+        for chunk in order.chunks(self.batch.max(1)) {
+            let completions: Vec<Vec<i64>> = chunk
+                .iter()
+                .map(|&i| {
+                    let mut c = rows[i].completion.clone();
+                    if rows[i].check == Check::Answer {
+                        c.push(first_stop);
+                    }
+                    c
+                })
+                .collect();
+            let pairs: Vec<(&[i64], &[i64])> = chunk
+                .iter()
+                .zip(&completions)
+                .map(|(&i, c)| (rows[i].prompt.as_slice(), c.as_slice()))
+                .collect();
+            let scored = self.model.completion_log_probs(&pairs, true)?;
+            let rows_tensor = tch::Tensor::cat(&scored.distributions.unwrap_or_default(), 0)
+                .to_device(tch::Device::Cpu);
+            let best = Vec::<i64>::try_from(rows_tensor.argmax(-1, false))?;
+            let picked = Vec::<f32>::try_from(
+                tch::Tensor::cat(&scored.token_log_probs, 0).to_device(tch::Device::Cpu),
+            )?;
+            let mut offset = 0;
+            for (&i, c) in chunk.iter().zip(&completions) {
+                let r = &rows[i];
+                let n = r.completion.len();
+                let tokens = &best[offset..offset + n];
+                let holds = match r.check {
+                    Check::Answer => {
+                        tokens == r.completion && self.stop.contains(&best[offset + n])
+                    }
+                    Check::Prefix => tokens == r.completion,
+                    Check::Likelihood => false,
+                };
+                let sum: f64 = picked[offset..offset + n]
+                    .iter()
+                    .map(|&v| f64::from(v))
+                    .sum();
+                out[i] = Forced {
+                    holds,
+                    matched: tokens
+                        .iter()
+                        .zip(&r.completion)
+                        .take_while(|(a, b)| a == b)
+                        .count(),
+                    mean_log_prob: sum / n as f64,
+                };
+                offset += c.len();
             }
         }
         Ok(out)

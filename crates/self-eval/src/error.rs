@@ -32,6 +32,9 @@ pub enum Error {
     /// A behaviour gate failed.
     #[error(transparent)]
     Gate(#[from] eudaimonia_gate::Error),
+    /// The search failed.
+    #[error(transparent)]
+    Search(#[from] nsga2::Error),
     /// libtorch failed.
     #[error(transparent)]
     Torch(#[from] tch::TchError),

@@ -46,15 +46,20 @@
 #![doc(test(attr(deny(warnings))))]
 
 pub mod answer;
+pub mod dispatch;
 mod error;
 pub mod expert;
 pub mod gradients;
+pub mod handoff;
+pub mod mixture;
 pub mod planner;
 pub mod profile;
+pub mod search;
+pub mod selftest;
 pub mod spec;
 pub mod validate;
 
-pub use answer::{Answerer, Encoded, OnePass};
+pub use answer::{Answerer, Check, Encoded, Forced, ForcedRow, OnePass};
 pub use error::{Error, Result, write_json, write_text};
 pub use expert::{ExpertConfig, ExpertData, ExpertOutcome, new_policy, train_expert};
 pub use planner::{Plan, PlanRecord, PlannerConfig, plan};

@@ -15,6 +15,15 @@ pub enum Composition {
     Reference,
     /// The paper's formula: `f = z` (mixtures: `sum_k alpha_k z_k`), `m = s * f`.
     Paper,
+    /// Mixtures as deltas from the base (task arithmetic in singular-value space): each
+    /// expert's own reference scales `m_k = s * r_k` (sigmoid, nuclear norm restored),
+    /// then `m = s * max(0, 1 + sum_k alpha_k (r_k - 1))`. All alphas 0 is the base model,
+    /// one expert at alpha 1 is exactly that expert under [`Composition::Reference`],
+    /// alpha above 1 amplifies it, and several experts add their changes. The stage-3
+    /// search uses it because its alphas mean the same thing for any number of experts
+    /// (under the reference composition only their ratios matter, and all zeros is
+    /// undefined).
+    Delta,
 }
 
 /// Mixture weights over experts.
@@ -68,11 +77,24 @@ impl Mixture {
 
 /// The scale `m` (`[k]`) of one matrix with singular values `s`, for z-vectors `zs` of
 /// the experts and their alphas. Differentiable in z and alpha.
+// `x = x + y` rather than `+=`: in-place ops on tensors that need gradients break autograd.
+#[allow(clippy::assign_op_pattern)]
 pub fn scales(composition: Composition, s: &Tensor, zs: &[&Tensor], alphas: &[Tensor]) -> Tensor {
+    if composition == Composition::Delta {
+        let mut delta = s.zeros_like();
+        for (z, alpha) in zs.iter().zip(alphas) {
+            // r_k without dividing by s (which may hold zeros).
+            let g = z.sigmoid();
+            let ratio = g.shallow_clone() * (s.sum(Kind::Float) / (s * &g).sum(Kind::Float));
+            delta = delta + (ratio - 1.0) * alpha;
+        }
+        return s * (delta + 1.0).clamp_min(0.0);
+    }
     let mut f: Option<Tensor> = None;
     for (z, alpha) in zs.iter().zip(alphas) {
         let g = match composition {
-            Composition::Reference => z.sigmoid(),
+            // (Delta returned above.)
+            Composition::Reference | Composition::Delta => z.sigmoid(),
             Composition::Paper => z.shallow_clone(),
         };
         let term = g * alpha;
@@ -84,7 +106,7 @@ pub fn scales(composition: Composition, s: &Tensor, zs: &[&Tensor], alphas: &[Te
     let f = f.unwrap_or_else(|| s.ones_like());
     let scaled = s * f;
     match composition {
-        Composition::Reference => {
+        Composition::Reference | Composition::Delta => {
             let ratio = s.sum(Kind::Float) / scaled.sum(Kind::Float);
             scaled * ratio
         }
@@ -137,6 +159,35 @@ mod tests {
             );
             proptest::prop_assert!((&alone - &mixed).abs().max().double_value(&[]) < 1e-4 * (1.0 + alone.abs().max().double_value(&[])));
         }
+    }
+
+    #[test]
+    fn delta_mixtures_start_at_the_base_and_reach_each_expert() {
+        let s = Tensor::from_slice(&[3.0f32, 2.0, 0.5, 0.0]);
+        let a = Tensor::from_slice(&[0.3f32, -1.0, 2.0, 0.1]);
+        let b = Tensor::from_slice(&[-0.5f32, 0.4, 0.0, 1.0]);
+        let at = |alphas: [f32; 2]| {
+            scales(
+                Composition::Delta,
+                &s,
+                &[&a, &b],
+                &[Tensor::from(alphas[0]), Tensor::from(alphas[1])],
+            )
+        };
+        let close = |x: &Tensor, y: &Tensor| (x - y).abs().max().double_value(&[]) < 1e-6;
+        assert!(close(&at([0.0, 0.0]), &s));
+        let alone = scales(Composition::Reference, &s, &[&a], &[Tensor::from(1.0f32)]);
+        assert!(close(&at([1.0, 0.0]), &alone));
+        // Deltas add: (a at 1) + (b at 1) - base.
+        let other = scales(Composition::Reference, &s, &[&b], &[Tensor::from(1.0f32)]);
+        assert!(close(
+            &at([1.0, 1.0]),
+            &(&alone + &other - &s).clamp_min(0.0)
+        ));
+        // Amplified far enough, a scale would turn negative: it stops at zero.
+        let far = at([40.0, 0.0]);
+        assert!(far.min().double_value(&[]) >= 0.0);
+        assert!(far.isfinite().all().int64_value(&[]) == 1);
     }
 
     #[test]
