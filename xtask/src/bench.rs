@@ -24,6 +24,7 @@ pub const BENCHES: &[&str] = &[
     "linear",
     "svf",
     "profile",
+    "mixture",
 ];
 
 /// Runs `cargo <args>` in the repository with extra environment, failing on a non-zero exit.
@@ -107,6 +108,11 @@ pub fn run(root: &Path, name: &str) -> Result<()> {
             let default_model = root.join(crate::default_model::DEFAULT_DIR);
             let dir = default_model.display().to_string();
             run_example(root, "self-eval", "bench_profile", &[&dir, "7"], &[])
+        }
+        "mixture" => {
+            let default_model = root.join(crate::default_model::DEFAULT_DIR);
+            let dir = default_model.display().to_string();
+            run_example(root, "self-eval", "bench_mixture", &[&dir, "7"], &[])
         }
         other => bail!("unknown benchmark `{other}`; known: {}", BENCHES.join(", ")),
     }

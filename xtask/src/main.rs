@@ -3,6 +3,7 @@
 //! * `setup` installs libtorch 2.11.0 (from the PyPI `torch==2.11.0` wheel) into a
 //!   per-user cache and links it at `.libtorch` in the repository.
 //! * `test` runs set-up if needed, then formatting, lints, docs and the whole test suite.
+//! * `phase7` runs the whole pipeline on the embedded default model, offline.
 //! * `bench <name>` runs a benchmark that compares against a Python peer side by side.
 //! * `make-default-model` trains the embedded default model (`assets/default-model`;
 //!   `--test-size` for `assets/test-model`); `default-model-parity` checks it against
@@ -17,6 +18,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod default_model;
+mod phase7;
 mod setup;
 mod test;
 
@@ -66,6 +68,14 @@ enum Command {
         #[arg(long)]
         test_size: bool,
     },
+    /// The whole pipeline on the embedded default model, offline (`phase7 run`, release
+    /// build; run directory runs/default-seed0, resumed when it exists).
+    Phase7 {
+        /// Further arguments for `phase7 run` (`--preset quick`, `--config F`,
+        /// `--model DIR`, `--run-dir D`, `--seed N`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Set up if needed, then: fmt --check, clippy -D warnings, docs, all tests.
     Test {
         /// Extra arguments passed to `cargo test` after `--workspace` (e.g. a filter).
@@ -91,6 +101,7 @@ fn main() -> ExitCode {
             eprintln!("{report}");
         }),
         Command::Test { cargo_test_args } => test::run(&root, &cargo_test_args),
+        Command::Phase7 { args } => phase7::run(&root, &args),
         Command::Bench { name } => bench::run(&root, &name),
         Command::MakeDefaultModel { test_size, extra } => {
             default_model::run(&root, test_size, &extra)

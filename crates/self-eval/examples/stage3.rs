@@ -21,7 +21,8 @@ use eudaimonia_gate::Suite;
 use self_eval::dispatch::{Router, evaluate_dispatch};
 use self_eval::handoff::export;
 use self_eval::mixture::{
-    BoundsRule, ExpertRole, MixtureProblem, ProblemConfig, SearchSet, derive_bounds,
+    BoundsRule, ExpertRole, Granularity, MixtureProblem, ProblemConfig, SearchSet, WorstOf,
+    derive_bounds,
 };
 use self_eval::profile::{Profile, distinct_problems, recorded_difficulties};
 use self_eval::search::{CurvePoint, GuidanceRecord, Hooks, SearchConfig, search};
@@ -57,6 +58,13 @@ struct Args {
     /// Most generations.
     #[arg(long, default_value_t = 100)]
     generations: usize,
+    /// One alpha per expert and matrix instead of per expert.
+    #[arg(long)]
+    per_matrix: bool,
+    /// The second objective: the worst expert-domain accuracy (`domain`) or the worst
+    /// expert's mean (`expert`).
+    #[arg(long, default_value = "domain")]
+    worst_of: String,
     /// Turn guidance off.
     #[arg(long)]
     no_guidance: bool,
@@ -184,7 +192,19 @@ fn main() -> anyhow::Result<()> {
         roles,
         &bounds,
         &search_set,
-        ProblemConfig::default(),
+        ProblemConfig {
+            granularity: if args.per_matrix {
+                Granularity::PerMatrix
+            } else {
+                Granularity::PerExpert
+            },
+            worst_of: match args.worst_of.as_str() {
+                "domain" => WorstOf::Domain,
+                "expert" => WorstOf::Expert,
+                other => anyhow::bail!("--worst-of {other}: expected domain or expert"),
+            },
+            ..ProblemConfig::default()
+        },
     )?;
     println!(
         "search set: {} problems, {} suites; base overall {:.3}, worst {:.3} ({:.2} s to set up)",
@@ -413,8 +433,9 @@ fn main() -> anyhow::Result<()> {
         );
     }
     println!(
-        "latency {:.2} ms/query (p95 {:.2}), peak memory {:.0} MiB",
+        "latency {:.2} ms/query median (mean {:.2}, p95 {:.2}), peak memory {:.0} MiB",
         chosen.scores.latency_ms,
+        chosen.scores.latency_mean_ms,
         chosen.scores.latency_p95_ms,
         chosen.scores.peak_rss_mb.unwrap_or(f64::NAN)
     );

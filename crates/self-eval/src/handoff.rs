@@ -18,7 +18,7 @@ use crate::{Error, Result, write_json};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Performance {
-    /// Mean milliseconds per query (greedy, batch 1, merged weights).
+    /// Median milliseconds per query (greedy, batch 1, merged weights).
     pub latency_ms: f64,
     /// Peak memory of the process that measured it, GiB (on a CPU this is host memory;
     /// `phase7.memory_measure` says which).

@@ -793,19 +793,36 @@ impl MixtureProblem {
         self.stats.lock().expect("stats lock").clone()
     }
 
-    /// Every mixture scored so far (rounded alphas and scores), in no particular order.
+    /// Every mixture scored so far (rounded alphas and scores), ordered by alphas.
     pub fn archive(&self) -> Vec<(Vec<f64>, MixtureScores)> {
-        self.cache
-            .lock()
-            .expect("cache lock")
-            .iter()
-            .map(|(k, s)| {
+        let cache = self.cache.lock().expect("cache lock");
+        let mut keys: Vec<&Vec<i64>> = cache.keys().collect();
+        keys.sort();
+        keys.into_iter()
+            .map(|k| {
                 (
                     k.iter().map(|&v| v as f64 * self.config.quantum).collect(),
-                    s.clone(),
+                    cache[k].clone(),
                 )
             })
             .collect()
+    }
+
+    /// Adds mixtures scored earlier (an [`MixtureProblem::archive`] saved by another
+    /// process on the same search set) to the cache.
+    pub fn import_archive(&self, archive: Vec<(Vec<f64>, MixtureScores)>) -> Result<()> {
+        let mut cache = self.cache.lock().expect("cache lock");
+        for (alphas, scores) in archive {
+            if alphas.len() != self.bounds.len() {
+                return Err(Error::Data(format!(
+                    "an archived mixture has {} alphas, this problem {}",
+                    alphas.len(),
+                    self.bounds.len()
+                )));
+            }
+            cache.insert(self.key(&alphas), scores);
+        }
+        Ok(())
     }
 
     /// Whether `scores` meets every constraint.

@@ -34,7 +34,8 @@ pub struct GuidanceConfig {
     /// Default 3.
     pub min_front: usize,
     /// An objective whose front values span at most this at two guidance points in a
-    /// row no longer separates the front and is switched off (one always stays on).
+    /// row, while the other varies, no longer separates the front and is switched off
+    /// (one always stays on).
     /// Default 1e-9.
     pub saturation_tolerance: f64,
     /// A window whose relative hypervolume gain is below this counts towards a plateau.
@@ -196,13 +197,18 @@ pub struct SearchOutcome {
     pub guidance: Vec<GuidanceRecord>,
     /// Per action, what followed.
     pub effects: Vec<ActionEffect>,
-    /// The final feasible front over both objectives, best overall accuracy first.
+    /// The final feasible front over both objectives, one mixture per distinct pair of
+    /// objective values (the one with the smallest total alpha), best overall accuracy
+    /// first.
     pub front: Vec<FrontMember>,
+    /// The further non-dominated layers of the final population, in rank order and
+    /// deduplicated the same way: the self-test's fallbacks after the front.
+    pub fallbacks: Vec<FrontMember>,
     /// Why it ended.
     pub reason: String,
     /// Generations run.
     pub generations: usize,
-    /// Evaluations until the hypervolume first reached 99% of its final value.
+    /// Evaluations until the hypervolume first reached its final value.
     pub evaluations_to_final: usize,
     /// Evaluation counters (of the problem, since it was made).
     pub stats: EvaluationStats,
@@ -471,26 +477,32 @@ impl Guide<'_, '_> {
                 actions.push(GuidanceAction::Narrow { lower, upper });
             }
         }
-        // An objective constant over the front now and at the previous point.
+        // An objective constant over the front now and at the previous point, while
+        // another active objective still varies over it: it no longer separates front
+        // members. (A front collapsed to one point in objective space says nothing about
+        // which objective to drop.)
         let before = self
             .objective_history
             .len()
             .checked_sub(2)
             .map(|i| &self.objective_history[i]);
         let active_count = state.active_objectives.iter().filter(|&&a| a).count();
+        let flat = |r: &[f64; 2]| r[1] - r[0] <= g.saturation_tolerance;
         if let Some(before) = before {
             for j in 0..2 {
-                let flat = |r: &[f64; 2]| r[1] - r[0] <= g.saturation_tolerance;
+                let others_vary = (0..2)
+                    .any(|k| k != j && state.active_objectives[k] && !flat(&objective_ranges[k]));
                 if active_count > 1
                     && state.active_objectives[j]
                     && front.len() >= 2
+                    && others_vary
                     && flat(&objective_ranges[j])
                     && flat(&before[j])
                 {
                     actions.push(GuidanceAction::SwitchOff {
                         objective: j,
                         reason: format!(
-                            "objective {j} is {:.4} on every front member at two guidance points in a row",
+                            "objective {j} is {:.4} on every front member at two guidance points in a row while the other objective varies",
                             objective_ranges[j][0]
                         ),
                     });
@@ -618,24 +630,36 @@ pub fn search(
         .iter()
         .flat_map(|m| [-m.scores.overall, -m.scores.worst])
         .collect();
-    let first = nsga2::sort::fronts(&points, members.len(), 2)
-        .into_iter()
-        .next()
-        .unwrap_or_default();
-    let mut front: Vec<FrontMember> = first.into_iter().map(|i| members[i].clone()).collect();
-    front.sort_by(|a, b| {
-        b.scores
-            .overall
-            .total_cmp(&a.scores.overall)
-            .then(b.scores.worst.total_cmp(&a.scores.worst))
-            .then(
-                a.alphas
-                    .iter()
-                    .map(|v| v.abs())
-                    .sum::<f64>()
-                    .total_cmp(&b.alphas.iter().map(|v| v.abs()).sum::<f64>()),
-            )
-    });
+    // Every non-dominated layer in order, one mixture per distinct pair of objective
+    // values (the one closest to the base), best overall first within a layer: the
+    // first layer is the front, the rest are the self-test's further fallbacks.
+    let size = |m: &FrontMember| m.alphas.iter().map(|v| v.abs()).sum::<f64>();
+    let mut layers: Vec<Vec<FrontMember>> = Vec::new();
+    for layer in nsga2::sort::fronts(&points, members.len(), 2) {
+        let mut best: Vec<FrontMember> = Vec::new();
+        for i in layer {
+            let m = &members[i];
+            match best
+                .iter_mut()
+                .find(|b| b.scores.overall == m.scores.overall && b.scores.worst == m.scores.worst)
+            {
+                Some(b) if size(m) < size(b) => *b = m.clone(),
+                Some(_) => {}
+                None => best.push(m.clone()),
+            }
+        }
+        best.sort_by(|a, b| {
+            b.scores
+                .overall
+                .total_cmp(&a.scores.overall)
+                .then(b.scores.worst.total_cmp(&a.scores.worst))
+                .then(size(a).total_cmp(&size(b)))
+        });
+        layers.push(best);
+    }
+    let mut layers = layers.into_iter();
+    let front = layers.next().unwrap_or_default();
+    let fallbacks: Vec<FrontMember> = layers.flatten().collect();
     let final_keys: BTreeSet<Vec<i64>> = front
         .iter()
         .map(|m| m.alphas.iter().map(|v| (v * 1e6).round() as i64).collect())
@@ -645,7 +669,7 @@ pub fn search(
     let evaluations_to_final = guide
         .curve
         .iter()
-        .find(|c| c.hypervolume >= 0.99 * final_hv)
+        .find(|c| c.hypervolume >= final_hv)
         .map_or(outcome.state.evaluations, |c| c.evaluations);
     Ok(SearchOutcome {
         config: config.clone(),
@@ -653,6 +677,7 @@ pub fn search(
         guidance: guide.records,
         effects,
         front,
+        fallbacks,
         reason: format!("{:?}", outcome.reason),
         generations: outcome.state.generation,
         evaluations_to_final,

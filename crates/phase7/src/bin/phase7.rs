@@ -1,0 +1,181 @@
+//! `phase7`: run the pipeline over a run directory.
+//!
+//! ```sh
+//! phase7 run [--config F] [--preset default|quick] [--model DIR] [--run-dir runs/ID]
+//! phase7 resume RUN          # continue an interrupted run with its own config.toml
+//! phase7 status RUN          # stages done, their time and files
+//! phase7 stage NAME --run RUN
+//! phase7 config --print-default [--preset quick]
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use phase7::run::RunDir;
+use phase7::{Config, run_pipeline, run_stage};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "One command from a Phase 6 model to a Phase 8 handoff"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a run (or continue the one in --run-dir with the same settings).
+    Run {
+        /// A TOML configuration (its `preset` key picks the base).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// A preset when no file is given: default or quick.
+        #[arg(long, default_value = "default")]
+        preset: String,
+        /// The Phase 6 model folder (overrides the configuration).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// The run directory; default runs/<preset>-seed<seed>.
+        #[arg(long)]
+        run_dir: Option<PathBuf>,
+        /// Overrides the seed.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Continue a run with the configuration it was started with.
+    Resume {
+        /// The run directory.
+        run: PathBuf,
+    },
+    /// What a run has done.
+    Status {
+        /// The run directory.
+        run: PathBuf,
+    },
+    /// Run one stage of a run (its inputs must be done).
+    Stage {
+        /// handoff, dequantize, profile, plan, expert-K, search, validate or export.
+        name: String,
+        /// The run directory.
+        #[arg(long)]
+        run: PathBuf,
+    },
+    /// Print the configuration.
+    Config {
+        /// Print the default configuration (of --preset) as TOML.
+        #[arg(long)]
+        print_default: bool,
+        /// Preset.
+        #[arg(long, default_value = "default")]
+        preset: String,
+    },
+}
+
+fn log(line: &str) {
+    eprintln!("[phase7] {line}");
+}
+
+fn saved_config(run: &RunDir) -> phase7::Result<Config> {
+    Config::load(&run.root.join("config.toml"))
+}
+
+fn main_result() -> phase7::Result<()> {
+    let cli = Cli::parse();
+    let mut sink = |line: &str| log(line);
+    match cli.command {
+        Command::Run {
+            config,
+            preset,
+            model,
+            run_dir,
+            seed,
+        } => {
+            let mut config = match config {
+                Some(path) => Config::load(&path)?,
+                None => Config::preset(&preset)?,
+            };
+            if let Some(model) = model {
+                config.model.path = model;
+            }
+            if let Some(seed) = seed {
+                config.seed = seed;
+            }
+            config.check()?;
+            if !config.model.path.join("config.json").is_file() {
+                return Err(phase7::Error::Input(format!(
+                    "{}: no config.json; expected a Hugging Face model folder",
+                    config.model.path.display()
+                )));
+            }
+            let root = run_dir.unwrap_or_else(|| {
+                PathBuf::from("runs").join(format!("{}-seed{}", config.preset, config.seed))
+            });
+            let run = RunDir::create(&root)?;
+            let text = config.to_toml()?;
+            bitnet_dequant::io::write_atomic(&root.join("config.toml"), text.as_bytes()).map_err(
+                |e| phase7::Error::Io {
+                    path: root.join("config.toml"),
+                    message: e.to_string(),
+                },
+            )?;
+            log(&format!("run directory {}", root.display()));
+            run_pipeline(&run, &config, &mut sink)?;
+            log(&format!(
+                "finished: {}",
+                root.join("export/handoff/handoff.json").display()
+            ));
+        }
+        Command::Resume { run } => {
+            let run = RunDir::open(&run)?;
+            let config = saved_config(&run)?;
+            run_pipeline(&run, &config, &mut sink)?;
+            log(&format!(
+                "finished: {}",
+                run.root.join("export/handoff/handoff.json").display()
+            ));
+        }
+        Command::Status { run } => {
+            let run = RunDir::open(&run)?;
+            let manifest = run.manifest()?;
+            for (name, record) in &manifest.stages {
+                println!(
+                    "{name:<12} done in {:>7.1} s, {} files",
+                    record.seconds,
+                    record.outputs.len()
+                );
+            }
+            let total: f64 = manifest.stages.values().map(|r| r.seconds).sum();
+            println!("{} stages done, {total:.1} s in all", manifest.stages.len());
+        }
+        Command::Stage { name, run } => {
+            let run = RunDir::open(&run)?;
+            let config = saved_config(&run)?;
+            run_stage(&run, &config, &name, &mut sink)?;
+        }
+        Command::Config {
+            print_default,
+            preset,
+        } => {
+            if !print_default {
+                return Err(phase7::Error::Input(
+                    "nothing to do; pass --print-default".into(),
+                ));
+            }
+            print!("{}", Config::preset(&preset)?.to_toml()?);
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match main_result() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("phase7: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

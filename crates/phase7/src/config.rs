@@ -1,0 +1,395 @@
+//! The run's configuration: one TOML file, every field documented with its default,
+//! unknown keys refused with the key named, and presets.
+
+use std::path::{Path, PathBuf};
+
+use self_eval::mixture::{BoundsRule, ProblemConfig};
+use self_eval::search::SearchConfig;
+use self_eval::selftest::SelfTestConfig;
+use self_eval::{ExpertConfig, PlannerConfig, ProfileConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Everything a run needs. Sections default independently: a file may set only what
+/// it changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The preset this started from (`default` or `quick`). Default `default`.
+    pub preset: String,
+    /// Seed of every random choice of the run. Default 0.
+    pub seed: u64,
+    /// The model.
+    pub model: ModelSection,
+    /// Budgets.
+    pub budget: BudgetSection,
+    /// R2: dequantization and its check.
+    pub dequantize: DequantizeSection,
+    /// Stage 1: the capability profile.
+    pub profile: ProfileConfig,
+    /// Stage 1: the expert plan.
+    pub planner: PlannerSection,
+    /// Stage 2: training each expert.
+    pub training: TrainingSection,
+    /// Stage 3: the mixture search.
+    pub search: SearchSection,
+    /// Stage 3: the final self-test.
+    pub self_test: SelfTestSection,
+}
+
+/// The model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSection {
+    /// Hugging Face folder of the Phase 6 model. Default `assets/default-model` (the
+    /// embedded default model, relative to the working directory).
+    pub path: PathBuf,
+    /// The Phase 6 handoff JSON; default `phase6_handoff.json` in the model folder.
+    pub handoff: Option<PathBuf>,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("assets/default-model"),
+            handoff: None,
+        }
+    }
+}
+
+/// Budgets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BudgetSection {
+    /// Most wall-clock minutes for the whole run; a stage that would start after it is
+    /// spent is not started. Default 120.
+    pub wall_minutes: f64,
+    /// Most US dollars for paid API calls. Default 0: the run is offline (problems come
+    /// from `synth-tasks`).
+    pub usd: f64,
+}
+
+impl Default for BudgetSection {
+    fn default() -> Self {
+        Self {
+            wall_minutes: 120.0,
+            usd: 0.0,
+        }
+    }
+}
+
+/// R2.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DequantizeSection {
+    /// Least top-1 agreement between the quantized forward and the dequantized float
+    /// model on the probe prompts. Default 0.99.
+    pub min_top1_agreement: f64,
+    /// Probe prompts per domain (held-out problems). Default 32.
+    pub probe_prompts: usize,
+    /// A pre-quantization float checkpoint to use instead when agreement falls short;
+    /// without one the run stops there. Default none.
+    pub fallback_checkpoint: Option<PathBuf>,
+}
+
+impl Default for DequantizeSection {
+    fn default() -> Self {
+        Self {
+            min_top1_agreement: 0.99,
+            probe_prompts: 32,
+            fallback_checkpoint: None,
+        }
+    }
+}
+
+/// The planner and its gradients.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlannerSection {
+    /// The planner.
+    pub planner: PlannerConfig,
+    /// Problems per domain behind the gradients. Default 32.
+    pub gradient_problems: usize,
+    /// Rollouts per problem. Default 8.
+    pub samples: usize,
+}
+
+impl Default for PlannerSection {
+    fn default() -> Self {
+        Self {
+            planner: PlannerConfig::default(),
+            gradient_problems: 32,
+            samples: 8,
+        }
+    }
+}
+
+/// Stage 2.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainingSection {
+    /// One expert's training.
+    pub expert: ExpertConfig,
+    /// Training problems per expert, split evenly over its domains. Default 512.
+    pub train_problems: usize,
+    /// Validation problems per expert. Default 200.
+    pub validation_problems: usize,
+    /// Held-out problems per domain for the before/after report. Default 100.
+    pub held_out: usize,
+    /// Items per behaviour suite in the gate. Default 64.
+    pub suite_items: usize,
+}
+
+impl Default for TrainingSection {
+    fn default() -> Self {
+        Self {
+            expert: ExpertConfig::default(),
+            train_problems: 512,
+            validation_problems: 200,
+            held_out: 100,
+            suite_items: 64,
+        }
+    }
+}
+
+/// Stage 3's search.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchSection {
+    /// NSGA-II and guidance.
+    pub search: SearchConfig,
+    /// Objectives, constraints, cache.
+    pub problem: ProblemConfig,
+    /// Alpha bounds from the profile.
+    pub bounds: BoundsRule,
+    /// Search-set problems per domain (training split). Default 32.
+    pub problems: usize,
+    /// Search-set items per behaviour suite. Default 16.
+    pub suite_items: usize,
+}
+
+impl Default for SearchSection {
+    fn default() -> Self {
+        Self {
+            search: SearchConfig::default(),
+            problem: ProblemConfig::default(),
+            bounds: BoundsRule::default(),
+            problems: 32,
+            suite_items: 16,
+        }
+    }
+}
+
+/// Stage 3's self-test.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SelfTestSection {
+    /// Criteria and budgets.
+    pub criteria: SelfTestConfig,
+    /// Held-out problems per domain. Default 100.
+    pub problems: usize,
+    /// Held-out items per behaviour suite. Default 64.
+    pub suite_items: usize,
+}
+
+impl Default for SelfTestSection {
+    fn default() -> Self {
+        Self {
+            criteria: SelfTestConfig::default(),
+            problems: 100,
+            suite_items: 64,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            preset: "default".into(),
+            seed: 0,
+            model: ModelSection::default(),
+            budget: BudgetSection::default(),
+            dequantize: DequantizeSection::default(),
+            profile: ProfileConfig::default(),
+            planner: PlannerSection::default(),
+            training: TrainingSection::default(),
+            search: SearchSection::default(),
+            self_test: SelfTestSection::default(),
+        }
+    }
+}
+
+/// The presets' names.
+pub const PRESETS: &[&str] = &["default", "quick"];
+
+impl Config {
+    /// A preset: `default` (the seed's settings on the embedded model) or `quick`
+    /// (fewer epochs, generations and problems: minutes, for trying things out).
+    pub fn preset(name: &str) -> Result<Self> {
+        let mut config = Self::default();
+        match name {
+            "default" => {}
+            "quick" => {
+                config.preset = "quick".into();
+                config.training.expert.trainer.epochs = 4;
+                config.training.expert.trainer.patience = 2;
+                config.training.train_problems = 256;
+                config.training.validation_problems = 96;
+                config.training.held_out = 50;
+                config.training.suite_items = 32;
+                config.search.search.population = 24;
+                config.search.search.generations = 20;
+                config.search.problems = 24;
+                config.search.suite_items = 8;
+                config.self_test.problems = 50;
+                config.self_test.suite_items = 32;
+                config.self_test.criteria.max_attempts = 3;
+            }
+            other => {
+                return Err(Error::Config(format!(
+                    "unknown preset `{other}`; expected one of {PRESETS:?}"
+                )));
+            }
+        }
+        Ok(config)
+    }
+
+    /// Reads a TOML file; unknown keys are refused with their name and place.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            Error::Config(message) => Error::Config(format!("{}: {message}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Parses TOML text over the preset it names (`preset = "quick"`), else `default`.
+    pub fn parse(text: &str) -> Result<Self> {
+        // Parsed once as it stands, for errors that point at the line and key.
+        toml::from_str::<Self>(text)
+            .map_err(|e| Error::Config(e.to_string().trim_end().to_owned()))?;
+        let value: toml::Table = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        let preset = match value.get("preset") {
+            Some(toml::Value::String(name)) => name.clone(),
+            Some(other) => {
+                return Err(Error::Config(format!(
+                    "`preset` is {other}, expected a string"
+                )));
+            }
+            None => "default".into(),
+        };
+        let mut base = toml::Table::try_from(Self::preset(&preset)?)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        merge(&mut base, value);
+        let config: Self = toml::Value::Table(base)
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::Config(e.message().to_owned()))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// The whole configuration as TOML.
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self).map_err(|e| Error::Config(e.to_string()))
+    }
+
+    /// Settings that cannot work.
+    pub fn check(&self) -> Result<()> {
+        let d = &self.dequantize;
+        if !(0.0..=1.0).contains(&d.min_top1_agreement) {
+            return Err(Error::Config(format!(
+                "dequantize.min_top1_agreement is {}, expected a share in [0, 1]",
+                d.min_top1_agreement
+            )));
+        }
+        if self.budget.wall_minutes.is_nan() || self.budget.wall_minutes <= 0.0 {
+            return Err(Error::Config(format!(
+                "budget.wall_minutes is {}, expected a positive number",
+                self.budget.wall_minutes
+            )));
+        }
+        if self.budget.usd != 0.0 {
+            return Err(Error::Config(format!(
+                "budget.usd is {}: paid problem generation (openrouter-gen) is not part of this build; set 0",
+                self.budget.usd
+            )));
+        }
+        for (name, n) in [
+            ("training.train_problems", self.training.train_problems),
+            (
+                "training.validation_problems",
+                self.training.validation_problems,
+            ),
+            ("training.held_out", self.training.held_out),
+            ("search.problems", self.search.problems),
+            ("self_test.problems", self.self_test.problems),
+        ] {
+            if n == 0 {
+                return Err(Error::Config(format!("{name} is 0, expected at least 1")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Overlays `over` on `base`, table by table.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_round_trips_through_toml() {
+        let text = Config::default().to_toml().unwrap();
+        assert_eq!(Config::parse(&text).unwrap(), Config::default());
+        let quick = Config::preset("quick").unwrap();
+        assert_eq!(Config::parse(&quick.to_toml().unwrap()).unwrap(), quick);
+    }
+
+    #[test]
+    fn files_override_their_preset() {
+        let config =
+            Config::parse("preset = \"quick\"\nseed = 4\n[search.search]\ngenerations = 7\n")
+                .unwrap();
+        assert_eq!(config.seed, 4);
+        assert_eq!(config.search.search.generations, 7);
+        assert_eq!(
+            config.search.search.population, 24,
+            "the preset's value stays"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let message = Config::parse("[search.search]\ngeneratoins = 7\n")
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("generatoins"), "{message}");
+        let message = Config::parse("preset = \"huge\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("huge"), "{message}");
+        let message = Config::parse("[dequantize]\nmin_top1_agreement = 1.5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("min_top1_agreement"), "{message}");
+        let message = Config::parse("[budget]\nusd = 20.0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("openrouter"), "{message}");
+    }
+}

@@ -1,0 +1,593 @@
+//! The stages, each reading and writing only run-directory files (and the model
+//! folder), so each can also run as its own command.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use eudaimonia_gate::{Gate, GateConfig, ScoreConfig, Suite};
+use self_eval::dispatch::{Router, evaluate_dispatch};
+use self_eval::mixture::{ExpertRole, MixtureProblem, MixtureScores, SearchSet, derive_bounds};
+use self_eval::planner::measure_domains;
+use self_eval::profile::{Profile, distinct_problems, recorded_difficulties};
+use self_eval::search::{CurvePoint, GuidanceRecord, Hooks, SearchOutcome, search};
+use self_eval::selftest::{HeldOut, SelfTest, self_test};
+use self_eval::{
+    Answerer, ExpertData, PlanRecord, new_policy, plan, profile, train_expert, write_json,
+    write_text,
+};
+use svf::{Decomposition, Expert, Selection};
+use synth_tasks::{Domain, Split};
+use tch::{Device, Kind, Tensor};
+
+use crate::config::Config;
+use crate::run::{RunDir, io_error};
+use crate::{Error, Result};
+
+/// Where progress lines go.
+pub type Log<'a> = &'a mut dyn FnMut(&str);
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| io_error(path, e))?;
+    serde_json::from_str(&text).map_err(|e| io_error(path, format!("unexpected content: {e}")))
+}
+
+/// The float model folder of the run (R2's output).
+pub fn float_model_dir(run: &RunDir) -> PathBuf {
+    run.stage_dir("dequantize").join("model")
+}
+
+fn load_float(run: &RunDir) -> Result<(lm::CausalLm, lm::Tokenizer)> {
+    let dir = float_model_dir(run);
+    let model = lm::CausalLm::load(&dir, Device::Cpu, Kind::Float)?;
+    let tokenizer = lm::Tokenizer::from_dir(&dir)?;
+    Ok((model, tokenizer))
+}
+
+/// R1: the Phase 6 handoff's fields, what is missing, and its numbers.
+pub fn check_handoff(config: &Config, dir: &Path) -> Result<()> {
+    let path = config
+        .model
+        .handoff
+        .clone()
+        .unwrap_or_else(|| config.model.path.join("phase6_handoff.json"));
+    let value: serde_json::Value = read_json(&path)?;
+    let required = [
+        "/model",
+        "/quantization",
+        "/metrics/tool_use_rate",
+        "/metrics/persona_consistency",
+        "/baked_capabilities/eudaimonia_aligned",
+    ];
+    let optional = [
+        "/size_mb",
+        "/metrics/aggregate_benchmark",
+        "/metrics/swe_bench_score",
+    ];
+    let missing: Vec<&str> = required
+        .iter()
+        .copied()
+        .filter(|p| value.pointer(p).is_none_or(serde_json::Value::is_null))
+        .collect();
+    let missing_optional: Vec<&str> = optional
+        .iter()
+        .copied()
+        .filter(|p| value.pointer(p).is_none_or(serde_json::Value::is_null))
+        .collect();
+    write_json(
+        &dir.join("check.json"),
+        &serde_json::json!({
+            "handoff": path,
+            "missing_required": missing,
+            "missing_optional": missing_optional,
+            "handoff_values": value,
+        }),
+    )?;
+    if !missing.is_empty() {
+        return Err(Error::Input(format!(
+            "{}: the Phase 6 handoff lacks {}",
+            path.display(),
+            missing.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// Held-out probe prompts, `per_domain` of each domain.
+fn probe_prompts(tokenizer: &lm::Tokenizer, per_domain: usize, seed: u64) -> Result<Vec<Vec<i64>>> {
+    let mut out = Vec::new();
+    for d in Domain::ALL {
+        for p in distinct_problems(d, 1, Split::HeldOut, per_domain, seed) {
+            out.push(tokenizer.encode(&format!("{}{}", p.prompt, p.answer), false)?);
+        }
+    }
+    Ok(out)
+}
+
+/// R2: dequantize to float32 and check top-1 agreement with the quantized forward.
+pub fn dequantize(config: &Config, dir: &Path, log: Log<'_>) -> Result<()> {
+    let out = dir.join("model");
+    let report = bitnet_dequant::convert::convert(
+        &config.model.path,
+        &out,
+        &bitnet_dequant::convert::ConvertOptions::default(),
+        &mut bitnet_dequant::convert::NoProgress,
+    )
+    .map_err(|e| io_error(&config.model.path, e))?;
+    for name in ["recipe.json", "phase6_handoff.json"] {
+        let source = config.model.path.join(name);
+        if source.is_file() {
+            std::fs::copy(&source, out.join(name)).map_err(|e| io_error(&source, e))?;
+        }
+    }
+    let quantized = lm::CausalLm::load(&config.model.path, Device::Cpu, Kind::Float)?;
+    let float = lm::CausalLm::load(&out, Device::Cpu, Kind::Float)?;
+    let tokenizer = lm::Tokenizer::from_dir(&out)?;
+    let probes = probe_prompts(&tokenizer, config.dequantize.probe_prompts, config.seed)?;
+    let (mut agree, mut positions) = (0usize, 0usize);
+    let _guard = tch::no_grad_guard();
+    for ids in &probes {
+        let input = Tensor::from_slice(ids).view([1, ids.len() as i64]);
+        let a = quantized.forward(&input, None, None)?.argmax(-1, false);
+        let b = float.forward(&input, None, None)?.argmax(-1, false);
+        agree += a.eq_tensor(&b).sum(Kind::Int64).int64_value(&[]) as usize;
+        positions += ids.len();
+    }
+    let agreement = agree as f64 / positions.max(1) as f64;
+    let passed = agreement >= config.dequantize.min_top1_agreement;
+    log(&format!(
+        "dequantize: {} tensors in {:.1} s; top-1 agreement {agreement:.4} over {positions} positions (need {:.2})",
+        report.tensors, report.seconds, config.dequantize.min_top1_agreement
+    ));
+    write_json(
+        &dir.join("verify.json"),
+        &serde_json::json!({
+            "top1_agreement": agreement,
+            "positions": positions,
+            "prompts": probes.len(),
+            "required": config.dequantize.min_top1_agreement,
+            "passed": passed,
+        }),
+    )?;
+    if !passed {
+        return Err(Error::Input(format!(
+            "{}: the dequantized model agrees with the quantized forward on {:.2}% of top-1 tokens, below {:.2}%; \
+             give a pre-quantization checkpoint as dequantize.fallback_checkpoint (not yet wired) or check the checkpoint",
+            config.model.path.display(),
+            100.0 * agreement,
+            100.0 * config.dequantize.min_top1_agreement
+        )));
+    }
+    Ok(())
+}
+
+/// Stage 1: the capability profile of the float model.
+pub fn profile_stage(run: &RunDir, config: &Config, dir: &Path, log: Log<'_>) -> Result<()> {
+    let (model, tokenizer) = load_float(run)?;
+    let mut profile_config = config.profile.clone();
+    if profile_config.difficulties.is_empty() {
+        profile_config.difficulties = recorded_difficulties(&config.model.path)?;
+    }
+    profile_config.seed = config.seed;
+    let answerer = Answerer::new(&model, &tokenizer, Default::default())?;
+    let measured = profile(&answerer, &profile_config)?;
+    write_json(&dir.join("profile.json"), &measured)?;
+    write_text(&dir.join("profile.md"), &measured.markdown())?;
+    log(&format!(
+        "profile: mean accuracy {:.3} over {} domains in {:.1} s",
+        measured.mean_accuracy,
+        measured.domains.len(),
+        measured.seconds
+    ));
+    Ok(())
+}
+
+/// Stage 1: the expert plan from policy gradients.
+pub fn plan_stage(run: &RunDir, config: &Config, dir: &Path, log: Log<'_>) -> Result<()> {
+    let (mut model, tokenizer) = load_float(run)?;
+    let profile: Profile = read_json(&run.stage_dir("profile").join("profile.json"))?;
+    let decomposition = Decomposition::compute(&mut model, &Selection::mlp(), false)?;
+    let mut policy = new_policy(
+        model,
+        &tokenizer,
+        decomposition,
+        "planner",
+        &config.training.expert,
+    )?;
+    let measurements = measure_domains(
+        &mut policy,
+        &tokenizer,
+        &Default::default(),
+        &profile,
+        config.planner.gradient_problems,
+        config.planner.samples,
+        config.seed,
+    )?;
+    let record = plan(&measurements, &config.planner.planner, None)?;
+    write_json(&dir.join("plan.json"), &record)?;
+    log(&format!(
+        "plan: N = {}: {}",
+        record.plan.num_experts, record.plan.reasoning
+    ));
+    Ok(())
+}
+
+/// The plan's experts as the search sees them.
+pub fn roles(run: &RunDir) -> Result<Vec<ExpertRole>> {
+    let record: PlanRecord = read_json(&run.stage_dir("plan").join("plan.json"))?;
+    Ok(record
+        .plan
+        .expert_definitions
+        .iter()
+        .map(|e| ExpertRole {
+            name: e.name.clone(),
+            domains: e.domains.clone(),
+            general: e.name == "general",
+        })
+        .collect())
+}
+
+/// The stage name of expert `k`.
+pub fn expert_stage(k: usize) -> String {
+    format!("expert-{k}")
+}
+
+fn domain_of(name: &str) -> Result<Domain> {
+    Domain::from_name(name)
+        .ok_or_else(|| Error::Input(format!("unknown domain `{name}` in the plan")))
+}
+
+/// Stage 2: expert `k` of the plan, trained with the behaviour gate.
+pub fn train_stage(
+    run: &RunDir,
+    config: &Config,
+    k: usize,
+    dir: &Path,
+    log: Log<'_>,
+) -> Result<()> {
+    let roles = roles(run)?;
+    let role = roles.get(k).ok_or_else(|| {
+        Error::Input(format!(
+            "the plan has {} experts, not {}",
+            roles.len(),
+            k + 1
+        ))
+    })?;
+    let profile: Profile = read_json(&run.stage_dir("profile").join("profile.json"))?;
+    let difficulty = |d: Domain| profile.domain(d).map_or(1, |p| p.difficulty);
+    let (mut model, tokenizer) = load_float(run)?;
+    let t = &config.training;
+    let domains: Vec<Domain> = role
+        .domains
+        .iter()
+        .map(|d| domain_of(d))
+        .collect::<Result<_>>()?;
+    let share = |total: usize, i: usize| {
+        total / domains.len().max(1) + usize::from(i < total % domains.len().max(1))
+    };
+    let (mut train, mut validation) = (Vec::new(), Vec::new());
+    for (i, &d) in domains.iter().enumerate() {
+        let (a, b) = (share(t.train_problems, i), share(t.validation_problems, i));
+        let pool = distinct_problems(
+            d,
+            difficulty(d),
+            Split::Train,
+            a + b,
+            config.seed ^ k as u64,
+        );
+        let (x, y) = pool.split_at(a.min(pool.len()));
+        train.extend_from_slice(x);
+        validation.extend_from_slice(y);
+    }
+    let held_out: BTreeMap<String, _> = profile
+        .domains
+        .iter()
+        .map(|p| {
+            (
+                p.domain.name().to_owned(),
+                distinct_problems(
+                    p.domain,
+                    p.difficulty,
+                    Split::HeldOut,
+                    t.held_out,
+                    config.seed ^ 0x4e1d,
+                ),
+            )
+        })
+        .collect();
+    let suites: Vec<Suite> = synth_tasks::Suite::ALL
+        .iter()
+        .map(|&s| Suite::synth(s, t.suite_items, Split::HeldOut, config.seed ^ 0x5))
+        .collect();
+    let gate = Gate::capture(
+        &model,
+        &tokenizer,
+        suites,
+        &ScoreConfig::default(),
+        GateConfig::default(),
+    )?;
+    let decomposition = Decomposition::compute(&mut model, &Selection::mlp(), false)?;
+    let mut expert_config = t.expert.clone();
+    expert_config.trainer.seed = config.seed ^ (k as u64 + 1);
+    let mut policy = new_policy(model, &tokenizer, decomposition, &role.name, &expert_config)?;
+    let data = ExpertData {
+        train,
+        validation,
+        held_out,
+    };
+    let checkpoint = dir.join(".checkpoint");
+    let outcome = train_expert(
+        &mut policy,
+        &tokenizer,
+        &data,
+        &gate,
+        &expert_config,
+        Some(&checkpoint),
+    )?;
+    let (_, mut expert) = policy.into_parts().map_err(self_eval::Error::from)?;
+    expert.training = serde_json::json!({ "domains": role.domains });
+    expert.save(&dir.join("expert.safetensors"))?;
+    let mut outcome_json =
+        serde_json::to_value(&outcome).map_err(|e| Error::Input(e.to_string()))?;
+    // Wall times differ between runs; they live in the manifest, not the stage's files.
+    if let Some(map) = outcome_json.as_object_mut() {
+        map.remove("seconds");
+        map.remove("validation_seconds");
+    }
+    write_json(&dir.join("outcome.json"), &outcome_json)?;
+    let _ = std::fs::remove_file(&checkpoint);
+    let lift: Vec<String> = role
+        .domains
+        .iter()
+        .map(|d| {
+            format!(
+                "{d} {:.3} -> {:.3}",
+                outcome.accuracy_before[d], outcome.accuracy_after[d]
+            )
+        })
+        .collect();
+    log(&format!(
+        "expert {k} `{}`: {} in {:.0} s; gate {:?}",
+        role.name,
+        lift.join(", "),
+        outcome.seconds,
+        outcome.gate_report.verdict
+    ));
+    Ok(())
+}
+
+/// Builds stage 3's problem from the run's files.
+fn mixture_problem(run: &RunDir, config: &Config) -> Result<(MixtureProblem, Profile, SearchSet)> {
+    let (mut model, tokenizer) = load_float(run)?;
+    let profile: Profile = read_json(&run.stage_dir("profile").join("profile.json"))?;
+    let roles = roles(run)?;
+    let experts: Vec<Expert> = (0..roles.len())
+        .map(|k| Expert::load(&run.stage_dir(&expert_stage(k)).join("expert.safetensors")))
+        .collect::<std::result::Result<_, _>>()?;
+    let bounds = derive_bounds(&profile, &roles, &config.search.bounds)?;
+    let s = &config.search;
+    let set = SearchSet {
+        problems: profile
+            .domains
+            .iter()
+            .map(|d| {
+                let p = distinct_problems(
+                    d.domain,
+                    d.difficulty,
+                    Split::Train,
+                    s.problems,
+                    config.seed ^ 0x5ea_7c4,
+                );
+                (d.domain.name().to_owned(), p)
+            })
+            .collect(),
+        suites: synth_tasks::Suite::ALL
+            .iter()
+            .map(|&x| Suite::synth(x, s.suite_items, Split::Train, config.seed ^ 0x5ea))
+            .collect(),
+    };
+    let selection = experts
+        .first()
+        .map_or_else(Selection::mlp, |e| e.selection.clone());
+    let decomposition = Decomposition::compute(&mut model, &selection, false)?;
+    let problem = MixtureProblem::new(
+        model,
+        tokenizer,
+        decomposition,
+        experts,
+        roles,
+        &bounds,
+        &set,
+        s.problem.clone(),
+    )?;
+    Ok((problem, profile, set))
+}
+
+/// Stage 3: guided NSGA-II over mixtures.
+pub fn search_stage(run: &RunDir, config: &Config, dir: &Path, log: Log<'_>) -> Result<()> {
+    let (problem, profile, _) = mixture_problem(run, config)?;
+    let bounds = derive_bounds(&profile, problem.roles(), &config.search.bounds)?;
+    write_json(&dir.join("bounds.json"), &bounds)?;
+    for b in &bounds {
+        log(&format!(
+            "bounds {}: [{}, {}] ({})",
+            b.expert, b.lower, b.upper, b.reason
+        ));
+    }
+    let mut search_config = config.search.search.clone();
+    search_config.seed = config.seed;
+    let started = Instant::now();
+    let mut progress = |point: &CurvePoint, record: Option<&GuidanceRecord>| {
+        if point.generation.is_multiple_of(5) || record.is_some() {
+            log(&format!(
+                "search: generation {:>3}, {} evaluations, hypervolume {:.4}, front {}, {:.0} s",
+                point.generation,
+                point.evaluations,
+                point.hypervolume,
+                point.front_size,
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        if let Some(r) = record {
+            log(&format!(
+                "search: guidance ({}): {}",
+                r.source,
+                serde_json::to_string(&r.actions).unwrap_or_default()
+            ));
+        }
+    };
+    let mut outcome = search(
+        &problem,
+        &search_config,
+        Hooks {
+            progress: Some(&mut progress),
+            ..Hooks::default()
+        },
+    )?;
+    outcome.seconds = 0.0;
+    outcome.stats.forward_seconds = 0.0;
+    write_json(&dir.join("search.json"), &outcome)?;
+    write_json(&dir.join("archive.json"), &problem.archive())?;
+    write_json(&dir.join("base_scores.json"), problem.base())?;
+    nsga2::plot::curve_svg(
+        &dir.join("hypervolume.svg"),
+        "Hypervolume per generation",
+        "hypervolume",
+        &outcome
+            .curve
+            .iter()
+            .map(|c| (c.generation, c.hypervolume))
+            .collect::<Vec<_>>(),
+    )?;
+    let front: Vec<f64> = outcome
+        .front
+        .iter()
+        .flat_map(|m| [m.scores.overall, m.scores.worst])
+        .collect();
+    nsga2::plot::front_svg(
+        &dir.join("front.svg"),
+        "Final front: overall (x) vs worst (y)",
+        &front,
+        &[],
+    )?;
+    log(&format!(
+        "search: {} generations, {} evaluations ({} cached), {}",
+        outcome.generations, outcome.stats.requested, outcome.stats.cache_hits, outcome.reason
+    ));
+    Ok(())
+}
+
+fn held_out(config: &Config, profile: &Profile) -> HeldOut {
+    let t = &config.self_test;
+    HeldOut {
+        problems: profile
+            .domains
+            .iter()
+            .map(|d| {
+                let p = distinct_problems(
+                    d.domain,
+                    d.difficulty,
+                    Split::HeldOut,
+                    t.problems,
+                    config.seed ^ 0x4e1d,
+                );
+                (d.domain.name().to_owned(), p)
+            })
+            .collect(),
+        learning_zone: profile
+            .domains
+            .iter()
+            .map(|d| {
+                let p = distinct_problems(
+                    d.domain,
+                    d.learning_zone_difficulty,
+                    Split::HeldOut,
+                    t.problems.div_ceil(2),
+                    config.seed ^ 0x20e,
+                );
+                (d.domain.name().to_owned(), p)
+            })
+            .collect(),
+        suites: synth_tasks::Suite::ALL
+            .iter()
+            .map(|&s| Suite::synth(s, t.suite_items, Split::HeldOut, config.seed ^ 0xa11))
+            .collect(),
+    }
+}
+
+/// Zeroes wall-clock fields so the stage's files depend only on inputs and seeds.
+fn without_timings(test: &mut SelfTest) {
+    for s in std::iter::once(&mut test.base).chain(test.attempts.iter_mut().map(|a| &mut a.scores))
+    {
+        s.seconds = 0.0;
+    }
+}
+
+/// Stage 3: the final self-test (R17) and dispatch against the static mixture.
+pub fn validate_stage(run: &RunDir, config: &Config, dir: &Path, log: Log<'_>) -> Result<()> {
+    let (problem, profile, set) = mixture_problem(run, config)?;
+    let search_dir = run.stage_dir("search");
+    let archive: Vec<(Vec<f64>, MixtureScores)> = read_json(&search_dir.join("archive.json"))?;
+    problem.import_archive(archive)?;
+    let outcome: SearchOutcome = read_json(&search_dir.join("search.json"))?;
+    let candidates: Vec<_> = outcome
+        .front
+        .iter()
+        .chain(&outcome.fallbacks)
+        .cloned()
+        .collect();
+    let held_out = held_out(config, &profile);
+    let mut test = self_test(&problem, &candidates, &held_out, &config.self_test.criteria)?;
+    let chosen = test.chosen().clone();
+    log(&format!(
+        "self-test on {} scenarios: base overall {:.3}, chosen {:?} overall {:.3} ({:+.1}%), {} after {} attempt(s)",
+        test.scenarios,
+        test.base.overall,
+        chosen.alphas,
+        chosen.scores.overall,
+        100.0 * (chosen.scores.overall / test.base.overall - 1.0),
+        if test.passed { "passed" } else { "FAILED" },
+        test.attempts.len()
+    ));
+    // Latency and memory are measurements of this process and this moment: kept in
+    // `measurements.json`, apart from the deterministic record.
+    let timings: Vec<_> = std::iter::once(&test.base)
+        .chain(test.attempts.iter().map(|a| &a.scores))
+        .map(|s| serde_json::json!({"latency_ms": s.latency_ms, "latency_p95_ms": s.latency_p95_ms, "peak_rss_mb": s.peak_rss_mb, "seconds": s.seconds}))
+        .collect();
+    write_json(&dir.join("measurements.json"), &timings)?;
+    without_timings(&mut test);
+    write_json(&dir.join("self_test.json"), &test)?;
+    let zeros = vec![0.0; chosen.alphas.len()];
+    let router = Router::fit(&problem, &zeros, &set.problems)?;
+    let mut dispatch = evaluate_dispatch(&problem, &router, &chosen.alphas, &held_out)?;
+    log(&format!(
+        "dispatch: router accuracy {:.3}, overall {:.3} vs static {:.3}, first pass {:.2} ms/query",
+        dispatch.router_accuracy, dispatch.overall, dispatch.static_overall, dispatch.first_pass_ms
+    ));
+    dispatch.seconds = 0.0;
+    write_json(&dir.join("dispatch.json"), &dispatch)?;
+    Ok(())
+}
+
+/// Stage 3: the Phase 8 handoff (R18).
+pub fn export_stage(run: &RunDir, config: &Config, dir: &Path, log: Log<'_>) -> Result<()> {
+    let (problem, _, _) = mixture_problem(run, config)?;
+    let test: SelfTest = read_json(&run.stage_dir("validate").join("self_test.json"))?;
+    let n = problem.roles().len();
+    let handoff = self_eval::handoff::export(
+        &problem,
+        &float_model_dir(run),
+        &test,
+        n,
+        &dir.join("handoff"),
+    )?;
+    log(&format!(
+        "export: {} experts, mixture {:?}, overall accuracy {:.3}, {:.2} MiB merged model",
+        handoff.expert_library.len(),
+        handoff.optimal_mixture,
+        handoff.performance.overall_accuracy,
+        handoff.size_mb
+    ));
+    Ok(())
+}
