@@ -160,7 +160,8 @@ pub struct GuidanceRecord {
     pub actions: Vec<GuidanceAction>,
     /// Hypervolume gain over the next window (absent after the last point).
     pub next_hypervolume_gain: Option<f64>,
-    /// New members of the front over the next window.
+    /// Points of the front at the end of the next window that no member of this
+    /// point's front matched or beat in both objectives.
     pub next_front_entries: Option<usize>,
 }
 
@@ -173,7 +174,7 @@ pub struct ActionEffect {
     pub windows: usize,
     /// Mean hypervolume gain of the next window.
     pub mean_hypervolume_gain: f64,
-    /// Mean new front members in the next window.
+    /// Mean new front points in the next window.
     pub mean_front_entries: f64,
 }
 
@@ -318,7 +319,8 @@ struct Guide<'p, 'a> {
     progress: Option<Progress<'a>>,
     curve: Vec<CurvePoint>,
     records: Vec<GuidanceRecord>,
-    fronts: Vec<BTreeSet<Vec<i64>>>,
+    /// The front's objective points at each guidance point.
+    fronts: Vec<Vec<[f64; 2]>>,
     objective_history: Vec<Vec<[f64; 2]>>,
 }
 
@@ -343,14 +345,6 @@ fn ranges(rows: impl Iterator<Item = Vec<f64>>, n: usize) -> Vec<[f64; 2]> {
 }
 
 impl Guide<'_, '_> {
-    fn key(&self, x: &[f64]) -> Vec<i64> {
-        self.problem
-            .quantised(x)
-            .iter()
-            .map(|v| (v * 1e6).round() as i64)
-            .collect()
-    }
-
     fn observe(&mut self, view: &GenerationView<'_>) -> Vec<Action> {
         let state = view.state;
         let front = distinct_front(view);
@@ -386,8 +380,12 @@ impl Guide<'_, '_> {
         };
         let front_ranges = ranges(front.iter().map(|i| i.x.clone()), state.bounds.len());
         let objective_ranges = ranges(front.iter().map(|i| i.objectives.clone()), 2);
-        self.fronts
-            .push(front.iter().map(|i| self.key(&i.x)).collect());
+        self.fronts.push(
+            front
+                .iter()
+                .map(|i| [i.objectives[0], i.objectives[1]])
+                .collect(),
+        );
         self.objective_history.push(objective_ranges.clone());
 
         let rule = self.rule(state, &front, &front_ranges, &objective_ranges, gain);
@@ -533,11 +531,11 @@ impl Guide<'_, '_> {
     }
 
     /// Fills each record's next window and summarises per action.
-    fn finish(&mut self, final_front: &BTreeSet<Vec<i64>>) -> Vec<ActionEffect> {
+    fn finish(&mut self, final_front: &[[f64; 2]]) -> Vec<ActionEffect> {
         let last_hv = self.curve.last().map_or(0.0, |c| c.hypervolume);
         for i in 0..self.records.len() {
             let (next_hv, next_front) = match self.records.get(i + 1) {
-                Some(next) => (next.hypervolume, &self.fronts[i + 1]),
+                Some(next) => (next.hypervolume, self.fronts[i + 1].as_slice()),
                 None if self.curve.last().map(|c| c.generation)
                     > Some(self.records[i].generation) =>
                 {
@@ -546,8 +544,13 @@ impl Guide<'_, '_> {
                 None => continue,
             };
             self.records[i].next_hypervolume_gain = Some(next_hv - self.records[i].hypervolume);
-            self.records[i].next_front_entries =
-                Some(next_front.difference(&self.fronts[i]).count());
+            // New points: objective vectors no earlier front member matched or beat.
+            let earlier = &self.fronts[i];
+            let entries = next_front
+                .iter()
+                .filter(|p| !earlier.iter().any(|q| q[0] >= p[0] && q[1] >= p[1]))
+                .count();
+            self.records[i].next_front_entries = Some(entries);
         }
         let mut effects = Vec::new();
         for kind in ["narrow", "switch_off", "none"] {
@@ -566,7 +569,7 @@ impl Guide<'_, '_> {
                 .collect();
             let n = windows.len();
             let mean = |f: &dyn Fn(&GuidanceRecord) -> f64| {
-                windows.iter().map(|r| f(r)).sum::<f64>() / n.max(1) as f64
+                windows.iter().fold(0.0, |sum, r| sum + f(r)) / n.max(1) as f64
             };
             effects.push(ActionEffect {
                 action: kind.to_owned(),
@@ -660,11 +663,11 @@ pub fn search(
     let mut layers = layers.into_iter();
     let front = layers.next().unwrap_or_default();
     let fallbacks: Vec<FrontMember> = layers.flatten().collect();
-    let final_keys: BTreeSet<Vec<i64>> = front
+    let final_points: Vec<[f64; 2]> = front
         .iter()
-        .map(|m| m.alphas.iter().map(|v| (v * 1e6).round() as i64).collect())
+        .map(|m| [m.scores.overall, m.scores.worst])
         .collect();
-    let effects = guide.finish(&final_keys);
+    let effects = guide.finish(&final_points);
     let final_hv = guide.curve.last().map_or(0.0, |c| c.hypervolume);
     let evaluations_to_final = guide
         .curve

@@ -367,3 +367,37 @@ fn self_test_dispatch_and_handoff() {
         .collect();
     assert_eq!(leftovers.len(), 1, "{leftovers:?}");
 }
+
+#[test]
+fn per_matrix_alphas_generalise_per_expert_alphas() {
+    let per_expert = mixture_problem(ProblemConfig::default());
+    let per_matrix = mixture_problem(ProblemConfig {
+        granularity: self_eval::mixture::Granularity::PerMatrix,
+        ..ProblemConfig::default()
+    });
+    let m = per_matrix.matrices();
+    assert_eq!(nsga2::Problem::n_var(&per_matrix), 2 * m);
+    let alphas = [1.3, 0.4];
+    let spread: Vec<f64> = alphas
+        .iter()
+        .flat_map(|&a| std::iter::repeat_n(a, m))
+        .collect();
+    assert_eq!(
+        per_expert.score(&alphas).unwrap(),
+        per_matrix.score(&spread).unwrap()
+    );
+    // Other matrices of the same expert at other alphas make another model.
+    let mut uneven = spread.clone();
+    uneven[0] = 3.0;
+    uneven[m - 1] = 0.0;
+    let ids = Tensor::from_slice(&[5i64, 30, 27, 11]).view([1, 4]);
+    let forward = |p: &MixtureProblem, a: &[f64]| {
+        p.with_mixture(a, |model, _, _| Ok(model.forward(&ids, None, None)?))
+            .unwrap()
+    };
+    let gap = (forward(&per_matrix, &uneven) - forward(&per_matrix, &spread))
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(gap > 1e-4, "{gap}");
+}

@@ -140,15 +140,33 @@ fn main_result() -> phase7::Result<()> {
         Command::Status { run } => {
             let run = RunDir::open(&run)?;
             let manifest = run.manifest()?;
-            for (name, record) in &manifest.stages {
-                println!(
-                    "{name:<12} done in {:>7.1} s, {} files",
-                    record.seconds,
-                    record.outputs.len()
-                );
+            let experts = if run.stage_dir("plan").join("plan.json").is_file() {
+                phase7::stages::roles(&run)?.len()
+            } else {
+                0
+            };
+            let names = phase7::stage_names(experts);
+            for name in &names {
+                match manifest.stages.get(name) {
+                    Some(record) => println!(
+                        "{name:<12} done in {:>7.1} s, {} files",
+                        record.seconds,
+                        record.outputs.len()
+                    ),
+                    None => println!("{name:<12} not done"),
+                }
             }
             let total: f64 = manifest.stages.values().map(|r| r.seconds).sum();
-            println!("{} stages done, {total:.1} s in all", manifest.stages.len());
+            println!(
+                "{} of {} stages done{}, {total:.1} s in all",
+                manifest.stages.len(),
+                names.len(),
+                if experts == 0 {
+                    " (expert stages known once the plan exists)"
+                } else {
+                    ""
+                }
+            );
         }
         Command::Stage { name, run } => {
             let run = RunDir::open(&run)?;
