@@ -79,7 +79,8 @@ impl Default for BudgetSection {
     }
 }
 
-/// R2.
+/// R2. (Falling back to a pre-quantization checkpoint when agreement is short is not
+/// in this build: the run stops there.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DequantizeSection {
@@ -88,9 +89,6 @@ pub struct DequantizeSection {
     pub min_top1_agreement: f64,
     /// Probe prompts per domain (held-out problems). Default 32.
     pub probe_prompts: usize,
-    /// A pre-quantization float checkpoint to use instead when agreement falls short;
-    /// without one the run stops there. Default none.
-    pub fallback_checkpoint: Option<PathBuf>,
 }
 
 impl Default for DequantizeSection {
@@ -98,7 +96,6 @@ impl Default for DequantizeSection {
         Self {
             min_top1_agreement: 0.99,
             probe_prompts: 32,
-            fallback_checkpoint: None,
         }
     }
 }

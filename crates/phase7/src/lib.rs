@@ -18,7 +18,7 @@
 //! Each stage reads and writes only run-directory files (and the model folder), so
 //! `phase7 stage NAME --run DIR` runs it alone. Problems come from `synth-tasks`
 //! (offline); paid problem generation, tracking backends and the HTML report are not
-//! part of this build yet.
+//! part of this build yet; `report.md` summarises a run from its files.
 //!
 //! ```
 //! let config = phase7::Config::preset("quick")?;
@@ -29,6 +29,7 @@
 #![doc(test(attr(deny(warnings))))]
 
 pub mod config;
+pub mod report;
 pub mod run;
 pub mod stages;
 
@@ -222,5 +223,7 @@ pub fn run_pipeline(run: &RunDir, config: &Config, log: stages::Log<'_>) -> Resu
         run_stage(run, config, stage, log)?;
         index += 1;
     }
+    report::write_report(run)?;
+    log(&format!("report: {}", run.root.join("report.md").display()));
     Ok(())
 }

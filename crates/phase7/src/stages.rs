@@ -152,7 +152,7 @@ pub fn dequantize(config: &Config, dir: &Path, log: Log<'_>) -> Result<()> {
     if !passed {
         return Err(Error::Input(format!(
             "{}: the dequantized model agrees with the quantized forward on {:.2}% of top-1 tokens, below {:.2}%; \
-             give a pre-quantization checkpoint as dequantize.fallback_checkpoint (not yet wired) or check the checkpoint",
+             check the checkpoint (falling back to a pre-quantization checkpoint is not in this build)",
             config.model.path.display(),
             100.0 * agreement,
             100.0 * config.dequantize.min_top1_agreement
@@ -315,7 +315,12 @@ pub fn train_stage(
         validation,
         held_out,
     };
-    let checkpoint = dir.join(".checkpoint");
+    // Beside the stage's folder, which is emptied when the stage starts again: a run
+    // killed during training resumes from the last checkpoint.
+    let checkpoint = dir.with_file_name(format!(
+        ".{}.checkpoint",
+        dir.file_name().unwrap_or_default().to_string_lossy()
+    ));
     let outcome = train_expert(
         &mut policy,
         &tokenizer,

@@ -61,12 +61,24 @@ fn a_tiny_run_goes_end_to_end_and_resumes_by_skipping() {
         verify["top1_agreement"].as_f64().unwrap() >= 0.99,
         "{verify}"
     );
+    let report = std::fs::read_to_string(run.root.join("report.md")).unwrap();
+    for section in [
+        "## Stages",
+        "## Capability before and after",
+        "## Expert 0",
+        "## Search",
+        "## Dispatch",
+    ] {
+        assert!(report.contains(section), "{section} missing:\n{report}");
+    }
 
     // Nothing changed: every stage is skipped.
     let mut again = Vec::new();
     run_pipeline(&run, &config, &mut |l: &str| again.push(l.to_owned())).unwrap();
     assert!(
-        again.iter().all(|l| l.ends_with("unchanged, skipped")),
+        again
+            .iter()
+            .all(|l| l.ends_with("unchanged, skipped") || l.starts_with("report:")),
         "{again:#?}"
     );
 

@@ -22,6 +22,9 @@ fn model_dir() -> PathBuf {
 }
 
 const DOMAINS: [Domain; 3] = [Domain::Arithmetic, Domain::Code, Domain::Counting];
+/// Search-set sizes.
+const SEARCH_PROBLEMS: usize = 16;
+const SEARCH_ITEMS: usize = 8;
 
 fn problems(split: Split, count: usize, seed: u64) -> BTreeMap<String, Vec<synth_tasks::Problem>> {
     DOMAINS
@@ -79,8 +82,8 @@ fn mixture_problem(config: ProblemConfig) -> MixtureProblem {
         })
         .collect();
     let set = SearchSet {
-        problems: problems(Split::Train, 16, 3),
-        suites: suites(Split::Train, 8),
+        problems: problems(Split::Train, SEARCH_PROBLEMS, 3),
+        suites: suites(Split::Train, SEARCH_ITEMS),
     };
     MixtureProblem::new(
         model,
@@ -98,8 +101,8 @@ fn mixture_problem(config: ProblemConfig) -> MixtureProblem {
 #[test]
 fn one_pass_mixture_scores_equal_generation() {
     let problem = mixture_problem(ProblemConfig::default());
-    let set_problems = problems(Split::Train, 16, 3);
-    let set_suites = suites(Split::Train, 8);
+    let set_problems = problems(Split::Train, SEARCH_PROBLEMS, 3);
+    let set_suites = suites(Split::Train, SEARCH_ITEMS);
     for alphas in [[0.0, 0.0], [1.0, 0.5], [2.5, 0.0], [0.0, 3.0]] {
         let scores = problem.score(&alphas).unwrap();
         problem
@@ -291,7 +294,7 @@ fn self_test_dispatch_and_handoff() {
         right as f64 / counting.len() as f64
     );
 
-    let router = Router::fit(&problem, &[0.0, 0.0], &problems(Split::Train, 24, 4)).unwrap();
+    let router = Router::fit(&problem, &[0.0, 0.0], &problems(Split::Train, 16, 4)).unwrap();
     let dispatch = evaluate_dispatch(&problem, &router, &chosen.alphas, &held_out).unwrap();
     assert!(
         dispatch.router_accuracy > 0.6,

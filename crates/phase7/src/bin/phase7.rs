@@ -4,6 +4,7 @@
 //! phase7 run [--config F] [--preset default|quick] [--model DIR] [--run-dir runs/ID]
 //! phase7 resume RUN          # continue an interrupted run with its own config.toml
 //! phase7 status RUN          # stages done, their time and files
+//! phase7 report RUN          # report.md from the run's files
 //! phase7 stage NAME --run RUN
 //! phase7 config --print-default [--preset quick]
 //! ```
@@ -52,6 +53,11 @@ enum Command {
     },
     /// What a run has done.
     Status {
+        /// The run directory.
+        run: PathBuf,
+    },
+    /// Write the run's report.md from its files and print it.
+    Report {
         /// The run directory.
         run: PathBuf,
     },
@@ -167,6 +173,10 @@ fn main_result() -> phase7::Result<()> {
                     ""
                 }
             );
+        }
+        Command::Report { run } => {
+            let run = RunDir::open(&run)?;
+            print!("{}", phase7::report::write_report(&run)?);
         }
         Command::Stage { name, run } => {
             let run = RunDir::open(&run)?;
