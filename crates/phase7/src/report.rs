@@ -156,10 +156,10 @@ pub fn write_report(run: &RunDir) -> Result<String> {
                 .collect();
             let _ = writeln!(
                 out,
-                "| {} | {:.4} | {:+.4} | {} | {} | {} |",
+                "| {} | {:.4} | {} | {} | {} | {} |",
                 r.generation,
                 r.hypervolume,
-                r.gain,
+                r.gain.map_or("-".into(), |g| format!("{g:+.4}")),
                 actions.join(", "),
                 r.next_hypervolume_gain
                     .map_or("-".into(), |g| format!("{g:+.5}")),

@@ -268,7 +268,7 @@ fn main() -> anyhow::Result<()> {
             "  guidance @{}: hv {:.4} (gain {:+.4}), front {}, {} -> {:?}",
             r.generation,
             r.hypervolume,
-            r.gain,
+            r.gain.unwrap_or(f64::NAN),
             r.front_size,
             r.source,
             r.actions

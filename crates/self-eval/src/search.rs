@@ -146,8 +146,9 @@ pub struct GuidanceRecord {
     pub evaluations: usize,
     /// Hypervolume now.
     pub hypervolume: f64,
-    /// Relative hypervolume gain since the previous guidance point.
-    pub gain: f64,
+    /// Relative hypervolume gain since the previous guidance point (`None` when the
+    /// previous hypervolume was 0: no feasible front yet).
+    pub gain: Option<f64>,
     /// Distinct feasible front members.
     pub front_size: usize,
     /// Each variable's range over the front.
@@ -371,13 +372,7 @@ impl Guide<'_, '_> {
             || self.curve.first().map_or(0.0, |c| c.hypervolume),
             |r| r.hypervolume,
         );
-        let gain = if previous > 0.0 {
-            (hypervolume - previous) / previous
-        } else if hypervolume > 0.0 {
-            f64::INFINITY
-        } else {
-            0.0
-        };
+        let gain = (previous > 0.0).then(|| (hypervolume - previous) / previous);
         let front_ranges = ranges(front.iter().map(|i| i.x.clone()), state.bounds.len());
         let objective_ranges = ranges(front.iter().map(|i| i.objectives.clone()), 2);
         self.fronts.push(
@@ -454,7 +449,7 @@ impl Guide<'_, '_> {
         front: &[&Individual],
         front_ranges: &[[f64; 2]],
         objective_ranges: &[[f64; 2]],
-        gain: f64,
+        gain: Option<f64>,
     ) -> Vec<GuidanceAction> {
         let g = &self.config.guidance;
         let mut actions = Vec::new();
@@ -508,17 +503,15 @@ impl Guide<'_, '_> {
                 }
             }
         }
+        let flat_now = gain.is_some_and(|x| x.abs() < g.plateau_tolerance);
         let flat_windows = self
             .records
             .iter()
             .rev()
-            .take_while(|r| r.gain.abs() < g.plateau_tolerance)
+            .take_while(|r| r.gain.is_some_and(|x| x.abs() < g.plateau_tolerance))
             .count()
-            + usize::from(gain.abs() < g.plateau_tolerance);
-        if gain.abs() < g.plateau_tolerance
-            && flat_windows >= g.plateau_windows
-            && state.generation >= g.min_generations
-        {
+            + usize::from(flat_now);
+        if flat_now && flat_windows >= g.plateau_windows && state.generation >= g.min_generations {
             actions.push(GuidanceAction::Stop {
                 reason: format!(
                     "hypervolume changed by less than {:.1}% in each of the last {flat_windows} windows of {} generations",
