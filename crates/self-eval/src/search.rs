@@ -203,8 +203,9 @@ pub struct SearchOutcome {
     /// objective values (the one with the smallest total alpha), best overall accuracy
     /// first.
     pub front: Vec<FrontMember>,
-    /// The further non-dominated layers of the final population, in rank order and
-    /// deduplicated the same way: the self-test's fallbacks after the front.
+    /// Every other feasible mixture the search scored, in non-dominated layers of the
+    /// whole archive (deduplicated the same way, the front's objective values left
+    /// out): the self-test's fallbacks after the front.
     pub fallbacks: Vec<FrontMember>,
     /// Why it ended.
     pub reason: String,
@@ -575,6 +576,41 @@ impl Guide<'_, '_> {
     }
 }
 
+/// Non-dominated layers of `members` over (overall, worst), in order; within a layer
+/// one mixture per distinct pair of objective values (the smallest total alpha), best
+/// overall accuracy first, then best worst accuracy.
+fn layers(members: &[FrontMember]) -> Vec<Vec<FrontMember>> {
+    let points: Vec<f64> = members
+        .iter()
+        .flat_map(|m| [-m.scores.overall, -m.scores.worst])
+        .collect();
+    let size = |m: &FrontMember| m.alphas.iter().map(|v| v.abs()).sum::<f64>();
+    let mut out = Vec::new();
+    for layer in nsga2::sort::fronts(&points, members.len(), 2) {
+        let mut best: Vec<FrontMember> = Vec::new();
+        for i in layer {
+            let m = &members[i];
+            match best
+                .iter_mut()
+                .find(|b| b.scores.overall == m.scores.overall && b.scores.worst == m.scores.worst)
+            {
+                Some(b) if size(m) < size(b) => *b = m.clone(),
+                Some(_) => {}
+                None => best.push(m.clone()),
+            }
+        }
+        best.sort_by(|a, b| {
+            b.scores
+                .overall
+                .total_cmp(&a.scores.overall)
+                .then(b.scores.worst.total_cmp(&a.scores.worst))
+                .then(size(a).total_cmp(&size(b)))
+        });
+        out.push(best);
+    }
+    out
+}
+
 /// Runs the search on `problem`.
 pub fn search(
     problem: &MixtureProblem,
@@ -622,40 +658,27 @@ pub fn search(
             });
         }
     }
-    let points: Vec<f64> = members
-        .iter()
-        .flat_map(|m| [-m.scores.overall, -m.scores.worst])
+    // The front: the final population's first non-dominated layer, one mixture per
+    // distinct pair of objective values (the one closest to the base).
+    let front = layers(&members).into_iter().next().unwrap_or_default();
+    // The fallbacks: every feasible mixture the search scored, layer by layer, without
+    // the front's objective values (a population that converged on one point offers
+    // nothing else).
+    let archive: Vec<FrontMember> = problem
+        .archive()
+        .into_iter()
+        .filter(|(_, scores)| problem.feasible(scores))
+        .map(|(alphas, scores)| FrontMember { alphas, scores })
         .collect();
-    // Every non-dominated layer in order, one mixture per distinct pair of objective
-    // values (the one closest to the base), best overall first within a layer: the
-    // first layer is the front, the rest are the self-test's further fallbacks.
-    let size = |m: &FrontMember| m.alphas.iter().map(|v| v.abs()).sum::<f64>();
-    let mut layers: Vec<Vec<FrontMember>> = Vec::new();
-    for layer in nsga2::sort::fronts(&points, members.len(), 2) {
-        let mut best: Vec<FrontMember> = Vec::new();
-        for i in layer {
-            let m = &members[i];
-            match best
-                .iter_mut()
-                .find(|b| b.scores.overall == m.scores.overall && b.scores.worst == m.scores.worst)
-            {
-                Some(b) if size(m) < size(b) => *b = m.clone(),
-                Some(_) => {}
-                None => best.push(m.clone()),
-            }
-        }
-        best.sort_by(|a, b| {
-            b.scores
-                .overall
-                .total_cmp(&a.scores.overall)
-                .then(b.scores.worst.total_cmp(&a.scores.worst))
-                .then(size(a).total_cmp(&size(b)))
-        });
-        layers.push(best);
-    }
-    let mut layers = layers.into_iter();
-    let front = layers.next().unwrap_or_default();
-    let fallbacks: Vec<FrontMember> = layers.flatten().collect();
+    let fallbacks: Vec<FrontMember> = layers(&archive)
+        .into_iter()
+        .flatten()
+        .filter(|m| {
+            !front
+                .iter()
+                .any(|f| f.scores.overall == m.scores.overall && f.scores.worst == m.scores.worst)
+        })
+        .collect();
     let final_points: Vec<[f64; 2]> = front
         .iter()
         .map(|m| [m.scores.overall, m.scores.worst])

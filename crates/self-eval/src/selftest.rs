@@ -355,7 +355,7 @@ pub fn criteria(
 }
 
 /// The order front members are tried in.
-pub const FALLBACK_ORDER: &str = "the final population's non-dominated layers in rank order (the front first), one mixture per distinct pair of search-set objective values (the one with the smallest total |alpha|, closest to the base); within a layer best overall accuracy first, then best worst-domain accuracy";
+pub const FALLBACK_ORDER: &str = "the final population's front first, then every other feasible mixture the search scored in non-dominated layers of the archive; one mixture per distinct pair of search-set objective values (the one with the smallest total |alpha|, closest to the base); within a layer best overall accuracy first, then best worst-domain accuracy";
 
 /// Tests candidates in order until one passes (at most `max_attempts`): pass the
 /// search's front followed by its fallbacks ([`FALLBACK_ORDER`]).

@@ -200,6 +200,16 @@ fn guidance_is_logged_switchable_and_deterministic() {
             .all(|r| r.next_hypervolume_gain.is_some())
     );
     assert!(!guided.front.is_empty());
+    // Fallbacks: feasible mixtures from the archive, none repeating the front's values.
+    for f in &guided.fallbacks {
+        assert!(problem.feasible(&f.scores));
+        assert!(
+            !guided
+                .front
+                .iter()
+                .any(|m| m.scores.overall == f.scores.overall && m.scores.worst == f.scores.worst)
+        );
+    }
     for w in guided.curve.windows(2) {
         assert!(w[1].evaluations > w[0].evaluations);
     }
