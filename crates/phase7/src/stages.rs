@@ -371,26 +371,7 @@ fn mixture_problem(run: &RunDir, config: &Config) -> Result<(MixtureProblem, Pro
         .collect::<std::result::Result<_, _>>()?;
     let bounds = derive_bounds(&profile, &roles, &config.search.bounds)?;
     let s = &config.search;
-    let set = SearchSet {
-        problems: profile
-            .domains
-            .iter()
-            .map(|d| {
-                let p = distinct_problems(
-                    d.domain,
-                    d.difficulty,
-                    Split::Train,
-                    s.problems,
-                    config.seed ^ 0x5ea_7c4,
-                );
-                (d.domain.name().to_owned(), p)
-            })
-            .collect(),
-        suites: synth_tasks::Suite::ALL
-            .iter()
-            .map(|&x| Suite::synth(x, s.suite_items, Split::Train, config.seed ^ 0x5ea))
-            .collect(),
-    };
+    let set = SearchSet::from_profile(&profile, s.problems, s.suite_items, config.seed);
     let selection = experts
         .first()
         .map_or_else(Selection::mlp, |e| e.selection.clone());
@@ -484,40 +465,7 @@ pub fn search_stage(run: &RunDir, config: &Config, dir: &Path, log: Log<'_>) -> 
 
 fn held_out(config: &Config, profile: &Profile) -> HeldOut {
     let t = &config.self_test;
-    HeldOut {
-        problems: profile
-            .domains
-            .iter()
-            .map(|d| {
-                let p = distinct_problems(
-                    d.domain,
-                    d.difficulty,
-                    Split::HeldOut,
-                    t.problems,
-                    config.seed ^ 0x4e1d,
-                );
-                (d.domain.name().to_owned(), p)
-            })
-            .collect(),
-        learning_zone: profile
-            .domains
-            .iter()
-            .map(|d| {
-                let p = distinct_problems(
-                    d.domain,
-                    d.learning_zone_difficulty,
-                    Split::HeldOut,
-                    t.problems.div_ceil(2),
-                    config.seed ^ 0x20e,
-                );
-                (d.domain.name().to_owned(), p)
-            })
-            .collect(),
-        suites: synth_tasks::Suite::ALL
-            .iter()
-            .map(|&s| Suite::synth(s, t.suite_items, Split::HeldOut, config.seed ^ 0xa11))
-            .collect(),
-    }
+    HeldOut::from_profile(profile, t.problems, t.suite_items, config.seed)
 }
 
 /// Zeroes wall-clock fields so the stage's files depend only on inputs and seeds.

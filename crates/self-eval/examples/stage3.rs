@@ -17,19 +17,18 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use eudaimonia_gate::Suite;
 use self_eval::dispatch::{Router, evaluate_dispatch};
 use self_eval::handoff::export;
 use self_eval::mixture::{
     BoundsRule, ExpertRole, Granularity, MixtureProblem, ProblemConfig, SearchSet, WorstOf,
     derive_bounds,
 };
-use self_eval::profile::{Profile, distinct_problems, recorded_difficulties};
+use self_eval::profile::{Profile, recorded_difficulties};
 use self_eval::search::{CurvePoint, GuidanceRecord, Hooks, SearchConfig, search};
 use self_eval::selftest::{HeldOut, SelfTestConfig, self_test};
 use self_eval::{Answerer, ProfileConfig, profile, write_json};
 use svf::{Decomposition, Expert};
-use synth_tasks::{Domain, Split};
+use synth_tasks::Domain;
 use tch::{Device, Kind};
 
 #[derive(Parser)]
@@ -161,26 +160,12 @@ fn main() -> anyhow::Result<()> {
         );
     }
 
-    let search_set = SearchSet {
-        problems: profile
-            .domains
-            .iter()
-            .map(|d| {
-                let problems = distinct_problems(
-                    d.domain,
-                    d.difficulty,
-                    Split::Train,
-                    args.search_problems,
-                    args.seed ^ 0x5ea_7c4,
-                );
-                (d.domain.name().to_owned(), problems)
-            })
-            .collect(),
-        suites: synth_tasks::Suite::ALL
-            .iter()
-            .map(|&s| Suite::synth(s, args.search_suite_items, Split::Train, args.seed ^ 0x5ea))
-            .collect(),
-    };
+    let search_set = SearchSet::from_profile(
+        &profile,
+        args.search_problems,
+        args.search_suite_items,
+        args.seed,
+    );
     let selection = experts[0].selection.clone();
     let decomposition = Decomposition::compute(&mut model, &selection, false)?;
     let started = Instant::now();
@@ -346,53 +331,19 @@ fn main() -> anyhow::Result<()> {
     )?;
 
     // Final self-test on held-out scenarios, disjoint from the search set.
-    let held_out = HeldOut {
-        problems: profile
-            .domains
-            .iter()
-            .map(|d| {
-                let p = distinct_problems(
-                    d.domain,
-                    d.difficulty,
-                    Split::HeldOut,
-                    args.held_out,
-                    args.seed ^ 0x4e1d,
-                );
-                (d.domain.name().to_owned(), p)
-            })
-            .collect(),
-        learning_zone: profile
-            .domains
-            .iter()
-            .map(|d| {
-                let p = distinct_problems(
-                    d.domain,
-                    d.learning_zone_difficulty,
-                    Split::HeldOut,
-                    args.held_out / 2,
-                    args.seed ^ 0x20e,
-                );
-                (d.domain.name().to_owned(), p)
-            })
-            .collect(),
-        suites: synth_tasks::Suite::ALL
-            .iter()
-            .map(|&s| {
-                Suite::synth(
-                    s,
-                    args.held_out_suite_items,
-                    Split::HeldOut,
-                    args.seed ^ 0xa11,
-                )
-            })
-            .collect(),
-    };
-    let test = self_test(
-        &problem,
-        &outcome.front,
-        &held_out,
-        &SelfTestConfig::default(),
-    )?;
+    let held_out = HeldOut::from_profile(
+        &profile,
+        args.held_out,
+        args.held_out_suite_items,
+        args.seed,
+    );
+    let candidates: Vec<_> = outcome
+        .front
+        .iter()
+        .chain(&outcome.fallbacks)
+        .cloned()
+        .collect();
+    let test = self_test(&problem, &candidates, &held_out, &SelfTestConfig::default())?;
     write_json(&args.out.join("self_test.json"), &test)?;
     println!(
         "self-test on {} held-out scenarios: base overall {:.3}, alignment {:.3}",

@@ -277,6 +277,36 @@ enum BehaviourRead {
     Rows(Check, String),
 }
 
+impl SearchSet {
+    /// The standard search set of a profile: `problems` distinct training-split
+    /// problems per profiled domain at its profiled difficulty, and `suite_items`
+    /// training-split items of each built-in behaviour suite. The held-out set
+    /// ([`crate::selftest::HeldOut::from_profile`]) draws from the held-out split, so
+    /// the two never share a problem.
+    pub fn from_profile(profile: &Profile, problems: usize, suite_items: usize, seed: u64) -> Self {
+        Self {
+            problems: profile
+                .domains
+                .iter()
+                .map(|d| {
+                    let p = crate::profile::distinct_problems(
+                        d.domain,
+                        d.difficulty,
+                        synth_tasks::Split::Train,
+                        problems,
+                        seed ^ 0x5ea_7c4,
+                    );
+                    (d.domain.name().to_owned(), p)
+                })
+                .collect(),
+            suites: synth_tasks::Suite::ALL
+                .iter()
+                .map(|&s| Suite::synth(s, suite_items, synth_tasks::Split::Train, seed ^ 0x5ea))
+                .collect(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum RowRole {
     Problem(usize),

@@ -81,6 +81,44 @@ pub struct HeldOut {
 }
 
 impl HeldOut {
+    /// The standard held-out scenarios of a profile: `problems` distinct held-out
+    /// problems per profiled domain at its profiled difficulty, half as many at its
+    /// learning-zone difficulty, and `suite_items` held-out items of each built-in
+    /// behaviour suite.
+    pub fn from_profile(
+        profile: &crate::profile::Profile,
+        problems: usize,
+        suite_items: usize,
+        seed: u64,
+    ) -> Self {
+        let draw = |difficulty: &dyn Fn(&crate::profile::DomainProfile) -> u32,
+                    count: usize,
+                    salt: u64| {
+            profile
+                .domains
+                .iter()
+                .map(|d| {
+                    let p = crate::profile::distinct_problems(
+                        d.domain,
+                        difficulty(d),
+                        synth_tasks::Split::HeldOut,
+                        count,
+                        seed ^ salt,
+                    );
+                    (d.domain.name().to_owned(), p)
+                })
+                .collect()
+        };
+        Self {
+            problems: draw(&|d| d.difficulty, problems, 0x4e1d),
+            learning_zone: draw(&|d| d.learning_zone_difficulty, problems.div_ceil(2), 0x20e),
+            suites: synth_tasks::Suite::ALL
+                .iter()
+                .map(|&s| Suite::synth(s, suite_items, synth_tasks::Split::HeldOut, seed ^ 0xa11))
+                .collect(),
+        }
+    }
+
     /// Scenarios in all: problems plus suite items.
     pub fn scenarios(&self) -> usize {
         self.problems.values().map(Vec::len).sum::<usize>()
