@@ -1,7 +1,6 @@
 //! The stages, each reading and writing only run-directory files (and the model
 //! folder), so each can also run as its own command.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -13,8 +12,8 @@ use self_eval::profile::{Profile, distinct_problems, recorded_difficulties};
 use self_eval::search::{CurvePoint, GuidanceRecord, Hooks, SearchOutcome, search};
 use self_eval::selftest::{HeldOut, SelfTest, self_test};
 use self_eval::{
-    Answerer, ExpertData, PlanRecord, new_policy, plan, profile, train_expert, write_json,
-    write_text,
+    Answerer, DataSizes, ExpertData, PlanRecord, new_policy, plan, profile, train_expert,
+    write_json, write_text,
 };
 use svf::{Decomposition, Expert, Selection};
 use synth_tasks::{Domain, Split};
@@ -262,39 +261,19 @@ pub fn train_stage(
         .iter()
         .map(|d| domain_of(d))
         .collect::<Result<_>>()?;
-    let share = |total: usize, i: usize| {
-        total / domains.len().max(1) + usize::from(i < total % domains.len().max(1))
-    };
-    let (mut train, mut validation) = (Vec::new(), Vec::new());
-    for (i, &d) in domains.iter().enumerate() {
-        let (a, b) = (share(t.train_problems, i), share(t.validation_problems, i));
-        let pool = distinct_problems(
-            d,
-            difficulty(d),
-            Split::Train,
-            a + b,
-            config.seed ^ k as u64,
-        );
-        let (x, y) = pool.split_at(a.min(pool.len()));
-        train.extend_from_slice(x);
-        validation.extend_from_slice(y);
-    }
-    let held_out: BTreeMap<String, _> = profile
-        .domains
-        .iter()
-        .map(|p| {
-            (
-                p.domain.name().to_owned(),
-                distinct_problems(
-                    p.domain,
-                    p.difficulty,
-                    Split::HeldOut,
-                    t.held_out,
-                    config.seed ^ 0x4e1d,
-                ),
-            )
-        })
-        .collect();
+    let reported: Vec<Domain> = profile.domains.iter().map(|p| p.domain).collect();
+    let data = ExpertData::synth(
+        &domains,
+        &reported,
+        &difficulty,
+        DataSizes {
+            train: t.train_problems,
+            validation: t.validation_problems,
+            held_out: t.held_out,
+        },
+        config.seed ^ k as u64,
+        config.seed ^ 0x4e1d,
+    );
     let suites: Vec<Suite> = synth_tasks::Suite::ALL
         .iter()
         .map(|&s| Suite::synth(s, t.suite_items, Split::HeldOut, config.seed ^ 0x5))
@@ -310,11 +289,6 @@ pub fn train_stage(
     let mut expert_config = t.expert.clone();
     expert_config.trainer.seed = config.seed ^ (k as u64 + 1);
     let mut policy = new_policy(model, &tokenizer, decomposition, &role.name, &expert_config)?;
-    let data = ExpertData {
-        train,
-        validation,
-        held_out,
-    };
     // Beside the stage's folder, which is emptied when the stage starts again: a run
     // killed during training resumes from the last checkpoint.
     let checkpoint = dir.with_file_name(format!(

@@ -10,15 +10,15 @@
 //!
 //! Each domain's difficulty comes from the model's `recipe.json` when it has one.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
 use eudaimonia_gate::{Gate, GateConfig, ScoreConfig, Suite};
 use reinforce_kl::{Event, OptimizerConfig, TrainerConfig};
-use self_eval::profile::{distinct_problems, recorded_difficulties};
-use self_eval::{ExpertConfig, ExpertData, new_policy, train_expert};
+use self_eval::profile::recorded_difficulties;
+use self_eval::{DataSizes, ExpertConfig, ExpertData, new_policy, train_expert};
 use svf::{Decomposition, Selection};
 use synth_tasks::{Domain, Split};
 
@@ -99,38 +99,18 @@ fn main() -> anyhow::Result<()> {
     let tokenizer = lm::Tokenizer::from_dir(&args.model)?;
     let mut model = lm::CausalLm::load(&args.model, tch::Device::Cpu, tch::Kind::Float)?;
 
-    // Each domain's share of the training and validation problems (the trainer samples
-    // prompts at random, so their order does not matter).
-    let share =
-        |total: usize, i: usize| total / domains.len() + usize::from(i < total % domains.len());
-    let mut train = Vec::new();
-    let mut validation = Vec::new();
-    for (i, &domain) in domains.iter().enumerate() {
-        let (t, v) = (share(args.train_problems, i), share(args.validation, i));
-        let pool = distinct_problems(
-            domain,
-            difficulty_of(domain),
-            Split::Train,
-            t + v,
-            args.seed,
-        );
-        let (a, b) = pool.split_at(t.min(pool.len()));
-        train.extend_from_slice(a);
-        validation.extend_from_slice(b);
-    }
-    let held_out: BTreeMap<String, _> = Domain::ALL
-        .iter()
-        .map(|&d| {
-            let problems = distinct_problems(
-                d,
-                difficulty_of(d),
-                Split::HeldOut,
-                args.held_out,
-                args.seed ^ 0x4e1d,
-            );
-            (d.name().to_owned(), problems)
-        })
-        .collect();
+    let data = ExpertData::synth(
+        &domains,
+        &Domain::ALL,
+        &difficulty_of,
+        DataSizes {
+            train: args.train_problems,
+            validation: args.validation,
+            held_out: args.held_out,
+        },
+        args.seed,
+        args.seed ^ 0x4e1d,
+    );
     let suites: Vec<Suite> = synth_tasks::Suite::ALL
         .iter()
         .map(|&s| Suite::synth(s, args.suite_items, Split::HeldOut, args.seed ^ 0x5u64))
@@ -165,11 +145,6 @@ fn main() -> anyhow::Result<()> {
         ..ExpertConfig::default()
     };
     let mut policy = new_policy(model, &tokenizer, decomposition, &name, &config)?;
-    let data = ExpertData {
-        train,
-        validation,
-        held_out,
-    };
     let outcome = train_expert(
         &mut policy,
         &tokenizer,

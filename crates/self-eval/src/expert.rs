@@ -116,6 +116,67 @@ pub struct ExpertOutcome {
     pub validation_seconds: f64,
 }
 
+/// How many problems [`ExpertData::synth`] draws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataSizes {
+    /// Training problems, split evenly over the expert's domains.
+    pub train: usize,
+    /// Validation problems, split the same way, disjoint from the training ones.
+    pub validation: usize,
+    /// Held-out problems per reported domain.
+    pub held_out: usize,
+}
+
+impl ExpertData {
+    /// An expert's problems from `synth-tasks`: distinct training-split problems of
+    /// each of `domains` at its difficulty (training and validation disjoint, the
+    /// trainer samples prompts at random so their order does not matter), and
+    /// held-out problems of every domain in `reported` for the before/after report.
+    pub fn synth(
+        domains: &[synth_tasks::Domain],
+        reported: &[synth_tasks::Domain],
+        difficulty: &dyn Fn(synth_tasks::Domain) -> u32,
+        sizes: DataSizes,
+        train_seed: u64,
+        held_out_seed: u64,
+    ) -> Self {
+        let n = domains.len().max(1);
+        let share = |total: usize, i: usize| total / n + usize::from(i < total % n);
+        let (mut train, mut validation) = (Vec::new(), Vec::new());
+        for (i, &d) in domains.iter().enumerate() {
+            let (t, v) = (share(sizes.train, i), share(sizes.validation, i));
+            let pool = crate::profile::distinct_problems(
+                d,
+                difficulty(d),
+                synth_tasks::Split::Train,
+                t + v,
+                train_seed,
+            );
+            let (a, b) = pool.split_at(t.min(pool.len()));
+            train.extend_from_slice(a);
+            validation.extend_from_slice(b);
+        }
+        let held_out = reported
+            .iter()
+            .map(|&d| {
+                let problems = crate::profile::distinct_problems(
+                    d,
+                    difficulty(d),
+                    synth_tasks::Split::HeldOut,
+                    sizes.held_out,
+                    held_out_seed,
+                );
+                (d.name().to_owned(), problems)
+            })
+            .collect();
+        Self {
+            train,
+            validation,
+            held_out,
+        }
+    }
+}
+
 /// Greedy-exact accuracy of the policy's current expert on each set.
 pub fn accuracies(
     policy: &SvfPolicy,
