@@ -117,6 +117,15 @@ impl Suite {
         })
     }
 
+    /// Every built-in `synth-tasks` suite (alignment, tool use, persona), `count` items
+    /// each from `split`, all drawn from `seed`.
+    pub fn synth_all(count: usize, split: Split, seed: u64) -> Vec<Self> {
+        synth_tasks::Suite::ALL
+            .iter()
+            .map(|&s| Self::synth(s, count, split, seed))
+            .collect()
+    }
+
     /// `count` items of a built-in `synth-tasks` suite from `split`, with the greedy
     /// behaviours the suite defines: harmful requests answered with exactly the refusal,
     /// tool-use prompts answered with a `CALL calc(` call, identity questions answered
@@ -360,6 +369,17 @@ pub fn score_suite(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn synth_all_is_every_built_in_suite() {
+        let all = Suite::synth_all(3, Split::Train, 2);
+        let names: Vec<&str> = all.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["alignment", "tool_use", "persona"]);
+        assert_eq!(
+            all[1],
+            Suite::synth(synth_tasks::Suite::ToolUse, 3, Split::Train, 2)
+        );
+    }
 
     #[test]
     fn synth_suites_carry_their_behaviours() {

@@ -66,30 +66,7 @@ pub fn front_svg(path: &Path, title: &str, front: &[f64], reference: &[f64]) -> 
 
 /// Draws one value per generation as a line (e.g. hypervolume), as SVG.
 pub fn curve_svg(path: &Path, title: &str, y_label: &str, values: &[(usize, f64)]) -> Result<()> {
-    let root = SVGBackend::new(path, (640, 480)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| plot_error(path, e))?;
-    let last = values.iter().map(|v| v.0).max().unwrap_or(1).max(1);
-    let ys = range(values.iter().map(|v| v.1));
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(10)
-        .x_label_area_size(35)
-        .y_label_area_size(55)
-        .build_cartesian_2d(0..last, ys)
-        .map_err(|e| plot_error(path, e))?;
-    chart
-        .configure_mesh()
-        .x_desc("generation")
-        .y_desc(y_label)
-        .draw()
-        .map_err(|e| plot_error(path, e))?;
-    chart
-        .draw_series(LineSeries::new(
-            values.iter().copied(),
-            BLUE.stroke_width(2),
-        ))
-        .map_err(|e| plot_error(path, e))?;
-    root.present().map_err(|e| plot_error(path, e))
+    draw_curves(path, title, y_label, &[("", values.to_vec())], false)
 }
 
 /// Draws several named curves over generations on one chart, with a legend, as SVG
@@ -99,6 +76,16 @@ pub fn curves_svg(
     title: &str,
     y_label: &str,
     series: &[(&str, Vec<(usize, f64)>)],
+) -> Result<()> {
+    draw_curves(path, title, y_label, series, true)
+}
+
+fn draw_curves(
+    path: &Path,
+    title: &str,
+    y_label: &str,
+    series: &[(&str, Vec<(usize, f64)>)],
+    legend: bool,
 ) -> Result<()> {
     let root = SVGBackend::new(path, (640, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_error(path, e))?;
@@ -130,11 +117,13 @@ pub fn curves_svg(
             .label(*name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| plot_error(path, e))?;
+    if legend {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| plot_error(path, e))?;
+    }
     root.present().map_err(|e| plot_error(path, e))
 }

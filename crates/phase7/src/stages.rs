@@ -274,10 +274,7 @@ pub fn train_stage(
         config.seed ^ k as u64,
         config.seed ^ 0x4e1d,
     );
-    let suites: Vec<Suite> = synth_tasks::Suite::ALL
-        .iter()
-        .map(|&s| Suite::synth(s, t.suite_items, Split::HeldOut, config.seed ^ 0x5))
-        .collect();
+    let suites: Vec<Suite> = Suite::synth_all(t.suite_items, Split::HeldOut, config.seed ^ 0x5);
     let gate = Gate::capture(
         &model,
         &tokenizer,
@@ -380,20 +377,13 @@ pub fn search_stage(run: &RunDir, config: &Config, dir: &Path, log: Log<'_>) -> 
     let mut progress = |point: &CurvePoint, record: Option<&GuidanceRecord>| {
         if point.generation.is_multiple_of(5) || record.is_some() {
             log(&format!(
-                "search: generation {:>3}, {} evaluations, hypervolume {:.4}, front {}, {:.0} s",
-                point.generation,
-                point.evaluations,
-                point.hypervolume,
-                point.front_size,
+                "search: {}, {:.0} s",
+                point.line(),
                 started.elapsed().as_secs_f64()
             ));
         }
         if let Some(r) = record {
-            log(&format!(
-                "search: guidance ({}): {}",
-                r.source,
-                serde_json::to_string(&r.actions).unwrap_or_default()
-            ));
+            log(&format!("search: {}", r.line()));
         }
     };
     let mut outcome = search(

@@ -74,10 +74,7 @@ fn main() -> anyhow::Result<()> {
                 )
             })
             .collect(),
-        suites: synth_tasks::Suite::ALL
-            .iter()
-            .map(|&s| Suite::synth(s, 16, Split::Train, 5))
-            .collect(),
+        suites: Suite::synth_all(16, Split::Train, 5),
     };
     let problem = MixtureProblem::new(
         model,

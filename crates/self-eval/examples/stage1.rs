@@ -66,10 +66,7 @@ fn main() -> anyhow::Result<()> {
     write_text(&args.out.join("profile.md"), &measured.markdown())?;
     println!("{}", measured.markdown());
 
-    let gate_suites: Vec<Suite> = synth_tasks::Suite::ALL
-        .iter()
-        .map(|&s| Suite::synth(s, 100, Split::HeldOut, args.seed ^ 0xa11))
-        .collect();
+    let gate_suites: Vec<Suite> = Suite::synth_all(100, Split::HeldOut, args.seed ^ 0xa11);
     let gate = Gate::capture(
         &model,
         &tokenizer,

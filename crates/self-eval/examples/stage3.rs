@@ -215,20 +215,13 @@ fn main() -> anyhow::Result<()> {
     let mut progress = |point: &CurvePoint, record: Option<&GuidanceRecord>| {
         if point.generation.is_multiple_of(5) || record.is_some() {
             eprintln!(
-                "  generation {:>3}: {} evaluations, hypervolume {:.4}, front {}, {:.0} s",
-                point.generation,
-                point.evaluations,
-                point.hypervolume,
-                point.front_size,
+                "  {}, {:.0} s",
+                point.line(),
                 started.elapsed().as_secs_f64()
             );
         }
         if let Some(r) = record {
-            eprintln!(
-                "    guidance ({}): {}",
-                r.source,
-                serde_json::to_string(&r.actions).unwrap_or_default()
-            );
+            eprintln!("    {}", r.line());
         }
     };
     let outcome = search(

@@ -111,10 +111,7 @@ fn main() -> anyhow::Result<()> {
         args.seed,
         args.seed ^ 0x4e1d,
     );
-    let suites: Vec<Suite> = synth_tasks::Suite::ALL
-        .iter()
-        .map(|&s| Suite::synth(s, args.suite_items, Split::HeldOut, args.seed ^ 0x5u64))
-        .collect();
+    let suites: Vec<Suite> = Suite::synth_all(args.suite_items, Split::HeldOut, args.seed ^ 0x5u64);
     let gate = Gate::capture(
         &model,
         &tokenizer,

@@ -299,10 +299,7 @@ impl SearchSet {
                     (d.domain.name().to_owned(), p)
                 })
                 .collect(),
-            suites: synth_tasks::Suite::ALL
-                .iter()
-                .map(|&s| Suite::synth(s, suite_items, synth_tasks::Split::Train, seed ^ 0x5ea))
-                .collect(),
+            suites: Suite::synth_all(suite_items, synth_tasks::Split::Train, seed ^ 0x5ea),
         }
     }
 }

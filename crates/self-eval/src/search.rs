@@ -102,6 +102,16 @@ pub struct CurvePoint {
     pub feasible: usize,
 }
 
+impl CurvePoint {
+    /// One progress line: generation, evaluations, hypervolume, front size.
+    pub fn line(&self) -> String {
+        format!(
+            "generation {:>3}: {} evaluations, hypervolume {:.4}, front {}",
+            self.generation, self.evaluations, self.hypervolume, self.front_size
+        )
+    }
+}
+
 /// What a guidance point did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
@@ -164,6 +174,17 @@ pub struct GuidanceRecord {
     /// Points of the front at the end of the next window that no member of this
     /// point's front matched or beat in both objectives.
     pub next_front_entries: Option<usize>,
+}
+
+impl GuidanceRecord {
+    /// One progress line: where the actions came from, and the actions as JSON.
+    pub fn line(&self) -> String {
+        format!(
+            "guidance ({}): {}",
+            self.source,
+            serde_json::to_string(&self.actions).unwrap_or_default()
+        )
+    }
 }
 
 /// How windows after an action went, against windows after none.

@@ -112,10 +112,7 @@ impl HeldOut {
         Self {
             problems: draw(&|d| d.difficulty, problems, 0x4e1d),
             learning_zone: draw(&|d| d.learning_zone_difficulty, problems.div_ceil(2), 0x20e),
-            suites: synth_tasks::Suite::ALL
-                .iter()
-                .map(|&s| Suite::synth(s, suite_items, synth_tasks::Split::HeldOut, seed ^ 0xa11))
-                .collect(),
+            suites: Suite::synth_all(suite_items, synth_tasks::Split::HeldOut, seed ^ 0xa11),
         }
     }
 

@@ -39,10 +39,7 @@ fn problems(split: Split, count: usize, seed: u64) -> BTreeMap<String, Vec<synth
 }
 
 fn suites(split: Split, count: usize) -> Vec<Suite> {
-    synth_tasks::Suite::ALL
-        .iter()
-        .map(|&s| Suite::synth(s, count, split, 5))
-        .collect()
+    Suite::synth_all(count, split, 5)
 }
 
 /// The default model with two random experts (seeded) over its MLP matrices.
