@@ -573,7 +573,7 @@ pub fn i2s_quantize(x: &[f32]) -> CodecResult<Vec<u8>> {
 const PARALLEL_TASK_BYTES: usize = 64 * 1024;
 
 /// A block format: how one block of bytes decodes into its elements.
-trait BlockFormat: Sync {
+pub(crate) trait BlockFormat: Sync {
     const BYTES: usize;
     const ELEMENTS: usize;
     fn decode<E: simd::Expand>(
@@ -616,7 +616,7 @@ impl<F: BlockFormat> simd::Kernel for BlockRun<'_, F> {
 
 /// Decodes whole blocks, serially or on rayon's threads; a codec error is reported with
 /// the byte offset of its block added.
-fn by_blocks<F: BlockFormat>(
+pub(crate) fn by_blocks<F: BlockFormat>(
     data: &[u8],
     out: &mut [f32],
     parallel: bool,

@@ -466,5 +466,8 @@ fn expected_values(input: &Checkpoint, info: &TensorInfo) -> Result<Vec<f32>> {
         Encoding::Tq1_0 => decode(&|e| reference::tq1_0(bytes, e)),
         Encoding::Tq2_0 => decode(&|e| reference::tq2_0(bytes, e)),
         Encoding::I2s => decode(&|e| reference::i2s(bytes, n, e)),
+        Encoding::Quant { format } => Ok((0..n)
+            .map(|e| reference::quant(*format, bytes, e))
+            .collect()),
     }
 }

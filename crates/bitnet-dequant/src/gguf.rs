@@ -1,7 +1,9 @@
-//! GGUF (versions 2 and 3): metadata, tensor directory, and the ternary types.
+//! GGUF (versions 2 and 3): metadata, tensor directory, the ternary types and llama.cpp's
+//! common block types.
 //!
-//! Readable tensor types: F32 (0), F16 (1), BF16 (30), TQ1_0 (34), TQ2_0 (35), and
-//! I2_S (36) in files written by bitnet.cpp. Type 36 means I2_S only there: upstream
+//! Readable tensor types: F32 (0), F16 (1), BF16 (30), Q4_0 (2), Q4_1 (3), Q5_0 (6),
+//! Q5_1 (7), Q8_0 (8), Q2_K to Q6_K (10 to 14; see [`crate::quants`]), TQ1_0 (34),
+//! TQ2_0 (35), and I2_S (36) in files written by bitnet.cpp. Type 36 means I2_S only there: upstream
 //! ggml used 36 for the since-removed IQ4_NL_4_4, so a 36 is accepted only when
 //! `general.architecture` names a BitNet model (`bitnet`, `bitnet-25`, `bitnet-b1.58`,
 //! ...) or `general.file_type` is bitnet.cpp's `MOSTLY_I2_S` (40).
@@ -15,6 +17,7 @@ use crate::codec::{
     self, I2S_BLOCK_ELEMENTS, TQ_BLOCK_ELEMENTS, TQ1_0_BLOCK_BYTES, TQ2_0_BLOCK_BYTES,
 };
 use crate::io::{AtomicFile, Bytes, map_file};
+use crate::quants::{self, QuantType};
 use crate::tensor::{Encoding, FloatDtype, TensorInfo, Ternary, TernaryScales};
 use crate::{Error, Result};
 
@@ -40,6 +43,8 @@ pub enum GgmlType {
     Tq2_0,
     /// 36 in bitnet.cpp files.
     I2s,
+    /// llama.cpp's block types (2, 3, 6, 7, 8, 10 to 14).
+    Quant(QuantType),
 }
 
 impl GgmlType {
@@ -52,6 +57,7 @@ impl GgmlType {
             Self::Tq1_0 => 34,
             Self::Tq2_0 => 35,
             Self::I2s => 36,
+            Self::Quant(kind) => kind.id(),
         }
     }
 
@@ -82,6 +88,16 @@ impl GgmlType {
                 }
                 Ok(codec::i2s_bytes(n))
             }
+            Self::Quant(kind) => {
+                let block = kind.block_elements();
+                if !ne0.is_multiple_of(block) {
+                    return Err(format!(
+                        "row length (ne0) {ne0} is not a multiple of {block}, as {} requires",
+                        kind.name()
+                    ));
+                }
+                Ok(n / block * kind.block_bytes())
+            }
         }
     }
 
@@ -99,6 +115,7 @@ impl GgmlType {
             Self::Tq1_0 => Encoding::Tq1_0,
             Self::Tq2_0 => Encoding::Tq2_0,
             Self::I2s => Encoding::I2s,
+            Self::Quant(format) => Encoding::Quant { format },
         }
     }
 }
@@ -438,15 +455,20 @@ impl GgufFile {
                         ),
                     });
                 }
-                other => {
-                    return Err(Error::Unsupported {
-                        path: path.clone(),
-                        message: format!(
-                            "tensor `{name}` has ggml type {other}; bitnet-dequant reads F32 (0), \
-                             F16 (1), BF16 (30), TQ1_0 (34), TQ2_0 (35) and bitnet.cpp's I2_S (36)"
-                        ),
-                    });
-                }
+                other => match QuantType::from_id(other) {
+                    Some(kind) => GgmlType::Quant(kind),
+                    None => {
+                        return Err(Error::Unsupported {
+                            path: path.clone(),
+                            message: format!(
+                                "tensor `{name}` has ggml type {other}; bitnet-dequant reads F32 \
+                                 (0), F16 (1), BF16 (30), Q4_0 (2), Q4_1 (3), Q5_0 (6), Q5_1 (7), \
+                                 Q8_0 (8), Q2_K to Q6_K (10 to 14), TQ1_0 (34), TQ2_0 (35) and \
+                                 bitnet.cpp's I2_S (36); the IQ types are not read"
+                            ),
+                        });
+                    }
+                },
             };
             let n = dims
                 .iter()
@@ -598,6 +620,8 @@ impl GgufFile {
             (GgmlType::Tq2_0, true) => codec::tq2_0_dequantize_par(bytes, out),
             (GgmlType::I2s, false) => codec::i2s_dequantize(bytes, out),
             (GgmlType::I2s, true) => codec::i2s_dequantize_par(bytes, out),
+            (GgmlType::Quant(kind), false) => quants::dequantize(kind, bytes, out),
+            (GgmlType::Quant(kind), true) => quants::dequantize_par(kind, bytes, out),
         };
         result.map_err(|e| Error::codec(&self.path, name, e))
     }
@@ -732,6 +756,14 @@ impl GgufWriter {
             GgmlType::Tq1_0 => codec::tq1_0_quantize(values).map_err(invalid)?,
             GgmlType::Tq2_0 => codec::tq2_0_quantize(values).map_err(invalid)?,
             GgmlType::I2s => codec::i2s_quantize(values).map_err(invalid)?,
+            GgmlType::Quant(QuantType::Q8_0) => quants::q8_0_quantize(values).map_err(invalid)?,
+            GgmlType::Quant(kind) => {
+                return Err(Error::Invalid(format!(
+                    "tensor `{name}`: quantizing to {} is not implemented (Q8_0 is); add bytes \
+                     already quantized with `GgufWriter::tensor`",
+                    kind.name()
+                )));
+            }
         };
         self.tensor(name, shape, ggml_type, data)
     }

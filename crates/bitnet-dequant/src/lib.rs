@@ -45,6 +45,7 @@ mod error;
 pub mod gguf;
 pub mod hf;
 pub mod io;
+pub mod quants;
 pub mod reference;
 pub mod simd;
 mod tensor;

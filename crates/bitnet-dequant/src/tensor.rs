@@ -87,12 +87,17 @@ pub enum Encoding {
     Tq2_0,
     /// bitnet.cpp I2_S (ggml type 36 in bitnet.cpp files).
     I2s,
+    /// One of llama.cpp's block types (Q4_0 ... Q6_K): not ternary.
+    Quant {
+        /// The block layout.
+        format: crate::quants::QuantType,
+    },
 }
 
 impl Encoding {
     /// Whether the tensor holds ternary codes.
     pub fn is_ternary(&self) -> bool {
-        !matches!(self, Self::Float { .. })
+        !matches!(self, Self::Float { .. } | Self::Quant { .. })
     }
 
     /// A short name for reports.
@@ -104,6 +109,7 @@ impl Encoding {
             Self::Tq1_0 => "TQ1_0".to_owned(),
             Self::Tq2_0 => "TQ2_0".to_owned(),
             Self::I2s => "I2_S".to_owned(),
+            Self::Quant { format } => format.name().to_owned(),
         }
     }
 }

@@ -163,7 +163,7 @@ fn damaged_files_name_file_and_tensor() {
         assert!(error.to_string().starts_with("bad.gguf"), "{error}");
     }
 
-    // An unknown ggml type: find the first tensor's type field and set it to Q4_0 (2).
+    // An unknown ggml type: find the first tensor's type field and set it to IQ2_XXS (16).
     let name = &file.tensors()[0].name;
     let at = good
         .windows(name.len())
@@ -172,10 +172,10 @@ fn damaged_files_name_file_and_tensor() {
         + name.len();
     let type_at = at + 4 + 8 * file.tensors()[0].shape.len();
     let mut wrong_type = good.clone();
-    wrong_type[type_at..type_at + 4].copy_from_slice(&2u32.to_le_bytes());
+    wrong_type[type_at..type_at + 4].copy_from_slice(&16u32.to_le_bytes());
     let message = open_bytes(wrong_type).err().unwrap().to_string();
     assert!(
-        message.contains(name.as_str()) && message.contains("ggml type 2"),
+        message.contains(name.as_str()) && message.contains("ggml type 16"),
         "{message}"
     );
 
@@ -222,4 +222,65 @@ fn checkpoint_open_recognises_gguf_by_magic() {
         codec::tq2_0_dequantize(&[0; 66], &mut [0f32; 255]),
         Err(codec::CodecError::NotMultiple { .. })
     ));
+}
+
+#[test]
+fn common_block_types_equal_the_gguf_package_bit_for_bit() {
+    let file = GgufFile::open(&fixture("quants.gguf")).unwrap();
+    let expected = GgufFile::open(&fixture("quants_expected.gguf")).unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for info in file.tensors() {
+        let Some(GgmlType::Quant(kind)) = file.ggml_type(&info.name) else {
+            panic!("{} is not a block type", info.name);
+        };
+        seen.insert(kind.name());
+        assert_eq!(info.encoding, Encoding::Quant { format: kind });
+        assert!(!info.encoding.is_ternary());
+        let theirs = read(&expected, &format!("{}.expected", info.name));
+        let mut ours = vec![0f32; info.numel()];
+        file.dequantize_into(&info.name, &mut ours, false).unwrap();
+        assert_eq!(bits(&ours), bits(&theirs), "{}", info.name);
+        let mut parallel = vec![0f32; info.numel()];
+        file.dequantize_into(&info.name, &mut parallel, true)
+            .unwrap();
+        assert_eq!(bits(&parallel), bits(&theirs), "{} (parallel)", info.name);
+        let bytes = file.raw_bytes(&info.name).unwrap();
+        let reference: Vec<f32> = (0..info.numel())
+            .map(|e| bitnet_dequant::reference::quant(kind, bytes, e))
+            .collect();
+        assert_eq!(bits(&reference), bits(&theirs), "{} (reference)", info.name);
+        assert!(file.ternary(&info.name).unwrap().is_none());
+    }
+    assert_eq!(seen.len(), 10, "every type is covered: {seen:?}");
+}
+
+#[test]
+fn q8_0_quantization_writes_the_same_bytes_as_the_gguf_package() {
+    let file = GgufFile::open(&fixture("quants.gguf")).unwrap();
+    let expected = GgufFile::open(&fixture("quants_expected.gguf")).unwrap();
+    let input = read(&expected, "blk.0.q8_0.weight.input");
+    let ours = bitnet_dequant::quants::q8_0_quantize(&input).unwrap();
+    assert_eq!(ours, file.raw_bytes("blk.0.q8_0.weight").unwrap());
+    // The writer refuses types it cannot quantize, naming the tensor.
+    let error = GgufWriter::new()
+        .quantized_tensor(
+            "w",
+            &[1, 256],
+            GgmlType::Quant(bitnet_dequant::quants::QuantType::Q4_K),
+            &[0.0; 256],
+        )
+        .err()
+        .unwrap();
+    assert!(error.to_string().contains("`w`") && error.to_string().contains("Q4_K"));
+}
+
+fn read(file: &GgufFile, name: &str) -> Vec<f32> {
+    let info = file.tensors().iter().find(|t| t.name == name).unwrap();
+    let mut values = vec![0f32; info.numel()];
+    file.dequantize_into(name, &mut values, false).unwrap();
+    values
+}
+
+fn bits(values: &[f32]) -> Vec<u32> {
+    values.iter().map(|v| v.to_bits()).collect()
 }

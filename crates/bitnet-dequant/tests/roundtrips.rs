@@ -3,6 +3,7 @@
 
 use bitnet_dequant::gguf::{GgmlType, GgufFile, GgufWriter, Value};
 use bitnet_dequant::io::Bytes;
+use bitnet_dequant::quants::{self, QuantType};
 use bitnet_dequant::{codec, reference};
 use proptest::prelude::*;
 
@@ -19,8 +20,71 @@ fn bits(values: &[f32]) -> Vec<u32> {
     values.iter().map(|v| v.to_bits()).collect()
 }
 
+/// Finite f16 bit patterns of any sign and magnitude, subnormals and zeros included.
+fn finite_f16_bits() -> impl Strategy<Value = [u8; 2]> {
+    any::<u16>().prop_map(|bits| {
+        let bits = if half::f16::from_bits(bits).is_finite() {
+            bits
+        } else {
+            bits & 0x83FF
+        };
+        bits.to_le_bytes()
+    })
+}
+
+/// Offsets of the f16 scale fields in one block of each llama.cpp type.
+fn scale_offsets(kind: QuantType) -> &'static [usize] {
+    match kind {
+        QuantType::Q4_0 | QuantType::Q5_0 | QuantType::Q8_0 => &[0],
+        QuantType::Q4_1 | QuantType::Q5_1 | QuantType::Q4_K | QuantType::Q5_K => &[0, 2],
+        QuantType::Q2_K => &[80, 82],
+        QuantType::Q3_K => &[108],
+        QuantType::Q6_K => &[208],
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn quant_decoders_match_the_reference_on_any_bytes(
+        kind in proptest::sample::select(QuantType::ALL.to_vec()),
+        blocks in 1usize..5,
+        seed in any::<u64>(),
+        scales in proptest::collection::vec(finite_f16_bits(), 8),
+    ) {
+        let size = kind.block_bytes();
+        let mut bytes: Vec<u8> = (0..blocks * size)
+            .map(|i| (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(i as u64).wrapping_mul(0x2545_F491_4F6C_DD1D) >> 29) as u8)
+            .collect();
+        for (b, block) in bytes.chunks_exact_mut(size).enumerate() {
+            for (k, &at) in scale_offsets(kind).iter().enumerate() {
+                block[at..at + 2].copy_from_slice(&scales[(2 * b + k) % scales.len()]);
+            }
+        }
+        let n = blocks * kind.block_elements();
+        let mut fast = vec![0f32; n];
+        quants::dequantize(kind, &bytes, &mut fast).unwrap();
+        let slow: Vec<f32> = (0..n).map(|e| reference::quant(kind, &bytes, e)).collect();
+        prop_assert_eq!(bits(&fast), bits(&slow), "{}", kind.name());
+        let mut parallel = vec![0f32; n];
+        quants::dequantize_par(kind, &bytes, &mut parallel).unwrap();
+        prop_assert_eq!(bits(&parallel), bits(&fast));
+    }
+
+    #[test]
+    fn q8_0_round_trips_its_own_codes(codes in proptest::collection::vec(-127i8..=127, 32..=32), d in finite_f16_bits()) {
+        // Codes times an f16 scale whose block maximum is 127 come back exactly.
+        let d = half::f16::from_le_bytes(d).to_f32().abs();
+        prop_assume!(d.is_normal() && d > 1e-3 && d < 100.0);
+        let mut codes = codes;
+        codes[0] = 127;
+        let x: Vec<f32> = codes.iter().map(|&q| f32::from(q) * d).collect();
+        let bytes = quants::q8_0_quantize(&x).unwrap();
+        prop_assert_eq!(bytes.len(), 34);
+        let stored: Vec<i8> = bytes[2..].iter().map(|&b| b as i8).collect();
+        prop_assert_eq!(&stored, &codes);
+    }
 
     #[test]
     fn hf_packing_round_trips(rows4 in 1usize..16, cols in 1usize..40, seed in any::<u64>(), scale in 1e-4f32..10.0) {

@@ -1,8 +1,9 @@
-//! Differential fuzzing of the block decoders: on any bytes, each fast decoder (AVX2 or
-//! portable, serial or parallel) either rejects the input or agrees bit for bit with the
-//! element-by-element reference decoder.
+//! Differential fuzzing of the block decoders (ternary and llama.cpp's Q4_0 ... Q6_K): on
+//! any bytes, each fast decoder (AVX2 or portable, serial or parallel) either rejects the
+//! input or agrees bit for bit with the element-by-element reference decoder.
 #![no_main]
 
+use bitnet_dequant::quants::{self, QuantType};
 use bitnet_dequant::{codec, reference};
 use libfuzzer_sys::fuzz_target;
 
@@ -23,7 +24,26 @@ fuzz_target!(|data: &[u8]| {
     let Some((&selector, bytes)) = data.split_first() else {
         return;
     };
-    match selector % 4 {
+    match selector % 5 {
+        4 => {
+            let kind = QuantType::ALL[usize::from(selector / 5) % QuantType::ALL.len()];
+            let blocks = bytes.len() / kind.block_bytes();
+            let bytes = &bytes[..blocks * kind.block_bytes()];
+            let mut out = vec![0f32; blocks * kind.block_elements()];
+            let serial = quants::dequantize(kind, bytes, &mut out);
+            let mut parallel = vec![0f32; out.len()];
+            assert_eq!(
+                serial.is_ok(),
+                quants::dequantize_par(kind, bytes, &mut parallel).is_ok()
+            );
+            if serial.is_ok() {
+                for (e, value) in out.iter().enumerate() {
+                    let expected = reference::quant(kind, bytes, e);
+                    assert_eq!(value.to_bits(), expected.to_bits(), "{} element {e}", kind.name());
+                }
+                assert_eq!(bits(&parallel), bits(&out));
+            }
+        }
         0 => {
             let n = bytes.len() / 54 * 256;
             let bytes = &bytes[..n / 256 * 54];

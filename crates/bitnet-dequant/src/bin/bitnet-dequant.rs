@@ -182,7 +182,7 @@ fn inspect(path: &std::path::Path, json: bool) -> Result<bool, Error> {
                     None => String::new(),
                 }
             }
-            Encoding::Float { .. } => String::new(),
+            Encoding::Float { .. } | Encoding::Quant { .. } => String::new(),
         };
         rows.push((info, scale));
     }
