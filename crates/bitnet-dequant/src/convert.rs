@@ -117,9 +117,12 @@ impl Progress for NoProgress {}
 /// Converts the checkpoint at `input` into a float HF checkpoint folder `output`.
 ///
 /// HF input keeps its tensor names (without `weight_scale` tensors); `config.json` loses
-/// `quantization_config`; tokenizer and generation files are copied. GGUF input keeps
-/// GGUF tensor names (mapping them to a model family's HF names is not done) with shapes
-/// in row-major order, and its metadata goes to `gguf_metadata.json`.
+/// `quantization_config`; tokenizer and generation files are copied. A llama-family GGUF
+/// model ([`crate::gguf_model`]) becomes the equivalent HF folder: HF names, Q/K rows
+/// un-permuted, `config.json`, `generation_config.json` and, for byte-level BPE
+/// vocabularies, `tokenizer.json` and `tokenizer_config.json` (with the chat template).
+/// Any other GGUF keeps its tensor names with shapes in row-major order, and its metadata
+/// goes to `gguf_metadata.json`.
 pub fn convert(
     input: &Path,
     output: &Path,
@@ -302,6 +305,12 @@ fn write_companions(checkpoint: &Checkpoint, staging: &Path) -> Result<Vec<Strin
             )?;
             written.push("gguf_metadata.json".to_owned());
         }
+        Checkpoint::GgufModel(model) => {
+            for (name, value) in model.hf_files()? {
+                write_json(&staging.join(name), &value)?;
+                written.push(name.to_owned());
+            }
+        }
     }
     Ok(written)
 }
@@ -422,6 +431,19 @@ fn verify_tensor(
 
 /// The f32 value of every element, from the format definitions.
 fn expected_values(input: &Checkpoint, info: &TensorInfo) -> Result<Vec<f32>> {
+    let stored = stored_order_values(input, info)?;
+    match input {
+        Checkpoint::GgufModel(model) => {
+            let mut arranged = vec![0f32; stored.len()];
+            model.arrange_into(&info.name, &stored, &mut arranged)?;
+            Ok(arranged)
+        }
+        _ => Ok(stored),
+    }
+}
+
+/// The f32 value of every element in stored order, from the format definitions.
+fn stored_order_values(input: &Checkpoint, info: &TensorInfo) -> Result<Vec<f32>> {
     let bytes = input.stored_bytes(&info.name)?;
     let n = info.numel();
     let path = input.path();

@@ -43,6 +43,7 @@ pub mod codec;
 pub mod convert;
 mod error;
 pub mod gguf;
+pub mod gguf_model;
 pub mod hf;
 pub mod io;
 pub mod quants;
@@ -72,8 +73,10 @@ pub enum Format {
 pub enum Checkpoint {
     /// A Hugging Face folder or safetensors file.
     Hf(hf::HfCheckpoint),
-    /// A GGUF file.
+    /// A GGUF file of loose tensors (GGUF names).
     Gguf(gguf::GgufFile),
+    /// A llama-family GGUF model, seen with Hugging Face names (see [`gguf_model`]).
+    GgufModel(gguf_model::GgufModel),
 }
 
 impl Checkpoint {
@@ -94,7 +97,11 @@ impl Checkpoint {
             let is_gguf =
                 std::io::Read::read_exact(&mut file, &mut magic).is_ok() && &magic == b"GGUF";
             if is_gguf {
-                return Ok(Self::Gguf(gguf::GgufFile::open(path)?));
+                let file = gguf::GgufFile::open(path)?;
+                if gguf_model::GgufModel::is_model(&file) {
+                    return Ok(Self::GgufModel(gguf_model::GgufModel::from_file(file)?));
+                }
+                return Ok(Self::Gguf(file));
             }
         }
         Ok(Self::Hf(hf::HfCheckpoint::open(path)?))
@@ -103,7 +110,7 @@ impl Checkpoint {
     /// The container and, for HF, which kind of BitNet checkpoint.
     pub fn format(&self) -> Format {
         match self {
-            Self::Gguf(_) => Format::Gguf,
+            Self::Gguf(_) | Self::GgufModel(_) => Format::Gguf,
             Self::Hf(hf) => {
                 let tensors = hf.tensors();
                 if tensors
@@ -128,6 +135,7 @@ impl Checkpoint {
         match self {
             Self::Hf(hf) => hf.root().to_path_buf(),
             Self::Gguf(file) => file.path().to_path_buf(),
+            Self::GgufModel(model) => model.gguf().path().to_path_buf(),
         }
     }
 
@@ -136,6 +144,7 @@ impl Checkpoint {
         match self {
             Self::Hf(hf) => hf.tensors(),
             Self::Gguf(file) => file.tensors(),
+            Self::GgufModel(model) => model.tensors(),
         }
     }
 
@@ -155,6 +164,7 @@ impl Checkpoint {
         match self {
             Self::Hf(hf) => hf.dequantize_into(name, out, parallel),
             Self::Gguf(file) => file.dequantize_into(name, out, parallel),
+            Self::GgufModel(model) => model.dequantize_into(name, out, parallel),
         }
     }
 
@@ -171,14 +181,26 @@ impl Checkpoint {
         match self {
             Self::Hf(hf) => hf.ternary(name),
             Self::Gguf(file) => file.ternary(name),
+            // The model types read here hold no ternary tensors.
+            Self::GgufModel(model) => model.tensors().iter().find(|t| t.name == name).map_or_else(
+                || {
+                    Err(Error::NoSuchTensor {
+                        path: self.path(),
+                        tensor: name.to_owned(),
+                    })
+                },
+                |_| Ok(None),
+            ),
         }
     }
 
-    /// A tensor's bytes as stored in the file.
+    /// A tensor's bytes as stored in the file (for a [`Checkpoint::GgufModel`], its GGUF
+    /// source's, whose Q/K rows are in GGUF order).
     pub fn stored_bytes(&self, name: &str) -> Result<&[u8]> {
         match self {
             Self::Hf(hf) => hf.stored_bytes(name),
             Self::Gguf(file) => file.raw_bytes(name),
+            Self::GgufModel(model) => model.raw_bytes(name),
         }
     }
 
@@ -188,6 +210,7 @@ impl Checkpoint {
         match self {
             Self::Hf(hf) => hf.release(name),
             Self::Gguf(file) => file.release(name),
+            Self::GgufModel(model) => model.release(name),
         }
     }
 

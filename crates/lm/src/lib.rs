@@ -12,7 +12,12 @@
 //!   whether greedy decoding would produce them); [`CausalLm::completion_log_probs`]
 //!   does the same differentiably, for training.
 //! * [`LinearAdapter`] lets another crate replace a linear layer's forward (SVF does).
-//! * [`Tokenizer`] wraps `tokenizer.json`.
+//! * [`Tokenizer`] wraps `tokenizer.json`, or rebuilds it from a GGUF vocabulary.
+//! * [`prompt`] turns problems into input text: raw, few-shot, or chat through the
+//!   model's own Jinja chat template (rendered as transformers renders it).
+//! * A `.gguf` file of a llama-family model (llama, mistral, qwen2; any common llama.cpp
+//!   quantization) loads directly: `CausalLm::load(Path::new("model.gguf"), ...)` and
+//!   `Tokenizer::load` on the same path.
 //! * [`cpu::linear`] multiplies f32 matrices on x86 CPUs faster than libtorch's MKL
 //!   does there (the model's linear layers and output projection use it).
 //!
@@ -41,6 +46,7 @@ pub mod device;
 mod error;
 pub mod generate;
 pub mod model;
+pub mod prompt;
 pub mod tokenizer;
 
 pub use config::{Architecture, ModelConfig};
@@ -49,4 +55,5 @@ pub use generate::{
     CompletionLogProbs, Finish, GenerateConfig, Generated, Sampling, Score, next_token_loss,
 };
 pub use model::{CausalLm, KvCache, Linear, LinearAdapter};
+pub use prompt::{ChatTemplate, Message, PromptFormat};
 pub use tokenizer::Tokenizer;

@@ -211,6 +211,17 @@ impl KvCache {
     }
 }
 
+/// Whether `path` is a file starting with the GGUF magic.
+pub(crate) fn is_gguf(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    path.is_file()
+        && std::fs::File::open(path)
+            .and_then(|mut f| f.read_exact(&mut magic))
+            .is_ok()
+        && &magic == b"GGUF"
+}
+
 /// A causal language model.
 pub struct CausalLm {
     config: ModelConfig,
@@ -226,12 +237,27 @@ pub struct CausalLm {
 }
 
 impl CausalLm {
-    /// Loads `config.json` and the weights of a Hugging Face checkpoint folder onto
-    /// `device` as `kind` (`Float`, `BFloat16` or `Half`).
+    /// Loads a Hugging Face checkpoint folder (`config.json` and the weights) or a
+    /// llama-family `.gguf` file (config from its metadata, weights dequantized; see
+    /// `bitnet_dequant::gguf_model`) onto `device` as `kind` (`Float`, `BFloat16` or
+    /// `Half`).
     pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
         crate::device::runtime();
-        let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let checkpoint = Checkpoint::open(dir)?;
+        let config = match &checkpoint {
+            Checkpoint::GgufModel(model) => ModelConfig::from_map(model.config(), dir)?,
+            Checkpoint::Gguf(_) => {
+                return Err(Error::Config {
+                    path: dir.to_path_buf(),
+                    message: format!(
+                        "is a GGUF file but not a model this crate runs: its \
+                         general.architecture must be one of {} with a block_count",
+                        bitnet_dequant::gguf_model::ARCHITECTURES.join(", ")
+                    ),
+                });
+            }
+            Checkpoint::Hf(_) => ModelConfig::from_file(&dir.join("config.json"))?,
+        };
         let mut loader = Loader {
             source: Source::Checkpoint(&checkpoint),
             path: dir.to_path_buf(),

@@ -1,5 +1,5 @@
-//! Hugging Face tokenizers (`tokenizer.json`) with the special tokens of the model's
-//! config files.
+//! Hugging Face tokenizers (`tokenizer.json`) with the special tokens and chat template
+//! of the model's config files, or rebuilt from a GGUF file's vocabulary.
 
 use std::path::Path;
 
@@ -17,6 +17,9 @@ pub struct Tokenizer {
     /// Padding token id.
     pub pad: Option<i64>,
     add_bos: bool,
+    chat_template: Option<String>,
+    bos_token: Option<String>,
+    eos_token: Option<String>,
 }
 
 fn read_json(path: &Path) -> Result<Option<Value>> {
@@ -76,6 +79,66 @@ impl Tokenizer {
             read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
         let config = read_json(&dir.join("config.json"))?.unwrap_or(Value::Null);
         let generation = read_json(&dir.join("generation_config.json"))?.unwrap_or(Value::Null);
+        // Newer checkpoints keep the template in its own file.
+        let template_file = dir.join("chat_template.jinja");
+        let template = if template_file.is_file() {
+            Some(
+                std::fs::read_to_string(&template_file).map_err(|source| Error::Io {
+                    path: template_file,
+                    source,
+                })?,
+            )
+        } else {
+            None
+        };
+        Ok(Self::assemble(
+            inner,
+            &tokenizer_config,
+            &config,
+            &generation,
+            template,
+        ))
+    }
+
+    /// Loads the tokenizer of a model folder or of a `.gguf` file (recognised by its
+    /// magic bytes).
+    pub fn load(path: &Path) -> Result<Self> {
+        if crate::model::is_gguf(path) {
+            Self::from_gguf(path)
+        } else {
+            Self::from_dir(path)
+        }
+    }
+
+    /// Rebuilds the tokenizer of a llama-family GGUF model from its vocabulary, merges,
+    /// token types and special ids, as transformers does (byte-level BPE vocabularies;
+    /// see `bitnet_dequant::gguf_model`), with the file's chat template.
+    pub fn from_gguf(path: &Path) -> Result<Self> {
+        let model = bitnet_dequant::gguf_model::GgufModel::open(path)?;
+        let json = model.tokenizer_json()?;
+        let inner: tokenizers::Tokenizer =
+            serde_json::from_value(json).map_err(|e| Error::Config {
+                path: path.to_path_buf(),
+                message: format!("the vocabulary does not make a usable tokenizer: {e}"),
+            })?;
+        let tokenizer_config = model.tokenizer_config()?;
+        let config = Value::Object(model.config().clone());
+        Ok(Self::assemble(
+            inner,
+            &tokenizer_config,
+            &config,
+            &model.generation_config(),
+            None,
+        ))
+    }
+
+    fn assemble(
+        inner: tokenizers::Tokenizer,
+        tokenizer_config: &Value,
+        config: &Value,
+        generation: &Value,
+        template_file: Option<String>,
+    ) -> Self {
         let id_of = |key: &str| {
             token_text(tokenizer_config.get(key))
                 .and_then(|text| inner.token_to_id(&text))
@@ -100,13 +163,57 @@ impl Tokenizer {
             .get("add_bos_token")
             .and_then(Value::as_bool)
             .unwrap_or(false);
-        Ok(Self {
+        // A string, or a list of named templates of which `default` is the chat one.
+        let chat_template = template_file.or_else(|| match tokenizer_config.get("chat_template") {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Array(named)) => named
+                .iter()
+                .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+                .and_then(|t| t.get("template"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            _ => None,
+        });
+        let text_of = |key: &str, id: Option<i64>| {
+            token_text(tokenizer_config.get(key)).or_else(|| {
+                id.and_then(|id| u32::try_from(id).ok())
+                    .and_then(|id| inner.id_to_token(id))
+            })
+        };
+        let bos_token = text_of("bos_token", bos);
+        let eos_token = text_of("eos_token", eos.first().copied());
+        Self {
             inner,
             bos,
             eos,
             pad,
             add_bos,
-        })
+            chat_template,
+            bos_token,
+            eos_token,
+        }
+    }
+
+    /// The model's chat template source, if it has one.
+    pub fn chat_template_source(&self) -> Option<&str> {
+        self.chat_template.as_deref()
+    }
+
+    /// The model's chat template, compiled with its BOS and EOS strings; an error names
+    /// what is missing when the model has none.
+    pub fn chat_template(&self) -> Result<crate::prompt::ChatTemplate> {
+        let source = self.chat_template.as_deref().ok_or_else(|| {
+            Error::Input(
+                "this model has no chat template (no `chat_template` in \
+                 tokenizer_config.json, no chat_template.jinja, none in the GGUF)"
+                    .into(),
+            )
+        })?;
+        crate::prompt::ChatTemplate::new(
+            source,
+            self.bos_token.as_deref(),
+            self.eos_token.as_deref(),
+        )
     }
 
     /// Token ids of `text`. With `special`, the tokenizer's template applies, and BOS is
