@@ -1,0 +1,220 @@
+//! GGUF models and chat templates against transformers 5.24 (fixtures from
+//! `scripts/make_gguf_fixture.py`): a tiny llama written the way llama.cpp's converter
+//! writes one (Q/K permuted, legacy quant types, byte-level BPE with merges and control
+//! tokens, the `qwen2` pre-tokenizer, a chat template) loads with the same config, token
+//! ids and logits (within 1e-4 in f32); SmolLM2's, a Llama 3 and a Qwen2.5 chat template
+//! render exactly as transformers renders them.
+
+use std::path::{Path, PathBuf};
+
+use lm::{CausalLm, ChatTemplate, Message, ModelConfig, Tokenizer};
+use serde_json::Value;
+use tch::{Device, Kind, Tensor};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn expected() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture("gguf/expected.json")).unwrap()).unwrap()
+}
+
+fn ids(value: &Value) -> Vec<i64> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect()
+}
+
+fn floats(value: &Value) -> Vec<f64> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect()
+}
+
+/// Max |ours - transformers| over the fixture's logits of every prompt.
+fn logit_gap(model: &CausalLm, expected: &Value) -> f64 {
+    let mut gap = 0f64;
+    for (prompt, logits) in expected["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(expected["logits"].as_array().unwrap())
+    {
+        let input = Tensor::from_slice(&ids(prompt)).unsqueeze(0);
+        let ours = tch::no_grad(|| model.forward(&input, None, None).unwrap());
+        let last = ours.get(0).get(-1);
+        for (j, theirs) in floats(&logits["last"]).iter().enumerate() {
+            gap = gap.max((last.double_value(&[j as i64]) - theirs).abs());
+        }
+        for (position, row) in logits["head"].as_array().unwrap().iter().enumerate() {
+            for (j, theirs) in floats(row).iter().enumerate() {
+                let value = ours.double_value(&[0, position as i64, j as i64]);
+                gap = gap.max((value - theirs).abs());
+            }
+        }
+    }
+    gap
+}
+
+#[test]
+fn a_gguf_model_loads_as_transformers_loads_it() {
+    let expected = expected();
+    let path = fixture("gguf/tiny.gguf");
+    let model = CausalLm::load(&path, Device::Cpu, Kind::Float).unwrap();
+    let config: &ModelConfig = model.config();
+    let theirs = &expected["config"];
+    assert_eq!(
+        config.hidden_size as u64,
+        theirs["hidden_size"].as_u64().unwrap()
+    );
+    assert_eq!(config.num_key_value_heads, 2);
+    assert_eq!(config.head_dim, 16);
+    assert_eq!(config.vocab_size, 300);
+    assert!(!config.tie_word_embeddings);
+    assert_eq!(
+        config.rms_norm_eps,
+        theirs["rms_norm_eps"].as_f64().unwrap()
+    );
+    let gap = logit_gap(&model, &expected);
+    assert!(gap < 1e-4, "max |Δlogit| {gap}");
+
+    // Greedy decoding gives transformers' continuation (its fixture blocked EOS; ours
+    // stops only at EOS, which the continuation does not contain).
+    let greedy = ids(&expected["greedy"]);
+    assert!(!greedy.contains(&2));
+    let prompt = ids(&expected["prompts"][0]);
+    let generated = model
+        .generate(
+            &[prompt],
+            &lm::GenerateConfig {
+                max_new_tokens: greedy.len(),
+                ..lm::GenerateConfig::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(generated[0].tokens, greedy);
+}
+
+#[test]
+fn a_gguf_tokenizer_and_template_equal_transformers() {
+    let expected = expected();
+    let tokenizer = Tokenizer::load(&fixture("gguf/tiny.gguf")).unwrap();
+    assert_eq!((tokenizer.bos, tokenizer.pad), (Some(1), Some(0)));
+    assert_eq!(tokenizer.eos, vec![2]);
+    for (text, theirs) in expected["ids"].as_object().unwrap() {
+        let ours = tokenizer.encode(text, true).unwrap();
+        assert_eq!(ours, ids(theirs), "{text:?}");
+        assert_eq!(&tokenizer.decode(&ours, false).unwrap(), text);
+    }
+    let template = tokenizer.chat_template().unwrap();
+    let chat = template
+        .render(&[Message::user("What is 47+25?")], true)
+        .unwrap();
+    assert_eq!(chat, expected["chat"].as_str().unwrap());
+    assert_eq!(
+        tokenizer.encode(&chat, true).unwrap(),
+        ids(&expected["chat_ids"])
+    );
+}
+
+#[test]
+fn a_converted_gguf_is_the_same_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("hf");
+    let input = fixture("gguf/tiny.gguf");
+    bitnet_dequant::convert::convert(
+        &input,
+        &out,
+        &bitnet_dequant::convert::ConvertOptions::default(),
+        &mut bitnet_dequant::convert::NoProgress,
+    )
+    .unwrap();
+    let report = bitnet_dequant::convert::verify(&input, &out).unwrap();
+    assert!(report.ok(), "{report:?}");
+    for file in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        assert!(out.join(file).is_file(), "{file}");
+    }
+    let model = CausalLm::load(&out, Device::Cpu, Kind::Float).unwrap();
+    let gap = logit_gap(&model, &expected());
+    assert!(gap < 1e-4, "max |Δlogit| {gap}");
+    let tokenizer = Tokenizer::load(&out).unwrap();
+    let direct = Tokenizer::load(&input).unwrap();
+    for text in expected()["ids"].as_object().unwrap().keys() {
+        assert_eq!(
+            tokenizer.encode(text, true).unwrap(),
+            direct.encode(text, true).unwrap()
+        );
+    }
+    assert_eq!(
+        tokenizer.chat_template_source(),
+        direct.chat_template_source()
+    );
+}
+
+#[test]
+fn chat_templates_render_as_transformers_renders_them() {
+    let fixture: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("chat_templates.json")).unwrap())
+            .unwrap();
+    let specials = &fixture["specials"];
+    let mut checked = 0;
+    for case in fixture["cases"].as_array().unwrap() {
+        let name = case["template"].as_str().unwrap();
+        let template = ChatTemplate::new(
+            fixture["templates"][name].as_str().unwrap(),
+            specials["bos_token"].as_str(),
+            specials["eos_token"].as_str(),
+        )
+        .unwrap();
+        let messages: Vec<Message> = serde_json::from_value(case["messages"].clone()).unwrap();
+        let generation = case["add_generation_prompt"].as_bool().unwrap();
+        assert_eq!(
+            template.render(&messages, generation).unwrap(),
+            case["rendered"].as_str().unwrap(),
+            "{name}, generation prompt {generation}, {messages:?}"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 24);
+}
+
+#[test]
+fn bad_gguf_models_are_named() {
+    // A GGUF of loose tensors is not a model.
+    let loose =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../bitnet-dequant/tests/fixtures/quants.gguf");
+    let message = CausalLm::load(&loose, Device::Cpu, Kind::Float)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("quants.gguf") && message.contains("architecture"),
+        "{message}"
+    );
+    // A truncated model file names the file and the tensor.
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(fixture("gguf/tiny.gguf")).unwrap();
+    let cut = dir.path().join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() - 1000]).unwrap();
+    let message = CausalLm::load(&cut, Device::Cpu, Kind::Float)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("cut.gguf") && message.contains("truncated"),
+        "{message}"
+    );
+}
