@@ -242,3 +242,238 @@ pub fn normalise(output: &str) -> String {
 pub fn verify(problem: &Problem, output: &str) -> bool {
     normalise(output) == normalise(&problem.answer)
 }
+
+/// How an answer is read out of a model's output before it is compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Extraction {
+    /// The first line: what a base model completing `47+25=` writes (the default).
+    #[default]
+    FirstLine,
+    /// Free-form text from an instruct model, tried in this order:
+    /// 1. the last `\boxed{...}` (nested braces allowed);
+    /// 2. what follows the last `answer:` or `answer is` (any case) on its line;
+    /// 3. when the reference is an integer, the last number in the text (`1,234` reads
+    ///    as 1234), so "47 + 25 = 72." answers `47+25=`;
+    /// 4. otherwise the first line.
+    FreeForm,
+}
+
+/// The part of `output` that [`verify_with`] compares with `reference`.
+pub fn extract(output: &str, extraction: Extraction, reference: &str) -> String {
+    if extraction == Extraction::FirstLine {
+        return output.to_owned();
+    }
+    if let Some(boxed) = last_boxed(output) {
+        return boxed;
+    }
+    let lower = output.to_lowercase();
+    let marker = ["answer:", "answer is"]
+        .iter()
+        .filter_map(|m| lower.rfind(m).map(|at| at + m.len()))
+        .max();
+    // Lower-casing can change byte lengths outside ASCII; only use the position when
+    // it falls on a boundary of the original.
+    if let Some(at) = marker.filter(|&at| output.is_char_boundary(at)) {
+        let rest = output[at..].trim_start_matches([' ', ':', '*']);
+        // Markdown emphasis and a closing period are not part of the answer.
+        let line = rest
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim_start_matches(['*', ' '])
+            .trim_end_matches(['*', '.', ' ']);
+        if !line.is_empty() {
+            return line.to_owned();
+        }
+    }
+    if normalise(reference).parse::<i64>().is_ok()
+        && let Some(number) = last_integer(output)
+    {
+        return number;
+    }
+    output.to_owned()
+}
+
+/// Whether `output` answers `problem` once its answer is extracted as `extraction` says.
+pub fn verify_with(problem: &Problem, output: &str, extraction: Extraction) -> bool {
+    verify(problem, &extract(output, extraction, &problem.answer))
+}
+
+fn last_boxed(text: &str) -> Option<String> {
+    let start = text.rfind("\\boxed{")? + "\\boxed{".len();
+    let mut depth = 1;
+    for (i, c) in text[start..].char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(text[start..start + i].to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The last integer in `text` (a leading minus kept, thousands commas dropped; a
+/// decimal like `3.5` is not an integer and is skipped).
+fn last_integer(text: &str) -> Option<String> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut found = None;
+    let mut i = 0;
+    while i < chars.len() {
+        if !chars[i].is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        let negative =
+            i > 0 && chars[i - 1] == '-' && (i < 2 || !chars[i - 2].is_ascii_alphanumeric());
+        let mut digits = String::new();
+        while i < chars.len() {
+            if chars[i].is_ascii_digit() {
+                digits.push(chars[i]);
+            } else if chars[i] == ','
+                && i + 3 < chars.len() + 1
+                && chars[i + 1..]
+                    .iter()
+                    .take(3)
+                    .filter(|c| c.is_ascii_digit())
+                    .count()
+                    == 3
+                && chars.get(i + 4).is_none_or(|c| !c.is_ascii_digit())
+            {
+                // A thousands separator: exactly three digits follow.
+            } else {
+                break;
+            }
+            i += 1;
+        }
+        let decimal = i + 1 < chars.len() && chars[i] == '.' && chars[i + 1].is_ascii_digit();
+        if decimal {
+            while i < chars.len() && (chars[i] == '.' || chars[i].is_ascii_digit()) {
+                i += 1;
+            }
+            continue;
+        }
+        found = Some(if negative {
+            format!("-{digits}")
+        } else {
+            digits
+        });
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(prompt: &str, answer: &str) -> Problem {
+        let mut rng = Rng::new(1);
+        let mut problem = generate(Domain::Arithmetic, 1, &mut rng);
+        problem.prompt = prompt.to_owned();
+        problem.answer = answer.to_owned();
+        problem
+    }
+
+    /// Greedy completions of SmolLM2-135M-Instruct (Q4_1 GGUF, chat template, lm on CPU)
+    /// to the questions shown, recorded 2026-12-04, and what free-form extraction reads.
+    const REAL_COMPLETIONS: &[(&str, &str, &str)] = &[
+        ("What is 47+25?", "47 + 25 = 72.", "72"),
+        (
+            "What is 128+256? Answer with a number.",
+            "128 + 256 = 392",
+            "392",
+        ),
+        (
+            "Is it true that 3 is greater than 5? Answer true or false.",
+            "False.",
+            "False.",
+        ),
+        (
+            "What is 9*8?",
+            "To calculate 9*8, you multiply 9 by itself, which gives you 8*8 = 64. This is a \
+             fundamental operation in mathematics, and it's used in many areas, including \
+             algebra, calculus, and",
+            "64",
+        ),
+        (
+            "Compute 15-7.",
+            "To find 15-7, we need to find the difference between 15 and 7, which is 10. This \
+             is a fundamental operation in mathematics, and it's often used to calculate \
+             proportions or ratios.\n",
+            "10",
+        ),
+    ];
+
+    #[test]
+    fn free_form_extraction_reads_real_instruct_completions() {
+        for (question, completion, extracted) in REAL_COMPLETIONS {
+            let reference = if *extracted == "False." { "f" } else { "0" };
+            assert_eq!(
+                extract(completion, Extraction::FreeForm, reference),
+                *extracted,
+                "{question}"
+            );
+        }
+        // The model's right answer scores; first-line reading would miss it.
+        let sum = problem("47+25=", "72");
+        assert!(verify_with(&sum, "47 + 25 = 72.", Extraction::FreeForm));
+        assert!(!verify_with(&sum, "47 + 25 = 72.", Extraction::FirstLine));
+        assert!(!verify_with(
+            &problem("128+256=", "384"),
+            "128 + 256 = 392",
+            Extraction::FreeForm
+        ));
+        assert!(verify_with(
+            &problem("T&F=", "f"),
+            "False.",
+            Extraction::FreeForm
+        ));
+    }
+
+    #[test]
+    fn boxed_and_answer_markers_take_precedence() {
+        let p = problem("x", "42");
+        assert!(verify_with(
+            &p,
+            "We get 7 then \\boxed{42}. Check: 6*7=42? yes 1",
+            Extraction::FreeForm
+        ));
+        assert_eq!(
+            extract("\\boxed{\\frac{1}{2}} done", Extraction::FreeForm, "x"),
+            "\\frac{1}{2}"
+        );
+        assert_eq!(
+            extract(
+                "3 steps. The answer is: **-12**.\nBye 5",
+                Extraction::FreeForm,
+                "0"
+            ),
+            "-12"
+        );
+        assert!(verify_with(
+            &problem("x", "-12"),
+            "3 steps. Answer: -12.\nBye 5",
+            Extraction::FreeForm
+        ));
+        assert!(verify_with(
+            &problem("sort", "2,5,9"),
+            "answer: 2, 5, 9",
+            Extraction::FreeForm
+        ));
+        // Numbers: thousands commas, negatives, decimals skipped.
+        assert_eq!(extract("so 1,234 items", Extraction::FreeForm, "1"), "1234");
+        assert_eq!(extract("x = -7", Extraction::FreeForm, "1"), "-7");
+        assert_eq!(extract("2 apples cost 3.5", Extraction::FreeForm, "1"), "2");
+        assert_eq!(
+            extract("no numbers", Extraction::FreeForm, "1"),
+            "no numbers"
+        );
+        // Non-integer references fall back to the first line.
+        assert_eq!(extract("abc\n12", Extraction::FreeForm, "cba"), "abc\n12");
+    }
+}

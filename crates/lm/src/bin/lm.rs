@@ -24,7 +24,7 @@ enum Dtype {
 
 #[derive(Args)]
 struct ModelArgs {
-    /// Model folder (config.json, safetensors, tokenizer.json).
+    /// Model folder (config.json, safetensors, tokenizer.json) or a llama-family .gguf file.
     model: PathBuf,
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
@@ -83,6 +83,12 @@ enum Command {
         /// Stop when the text contains this (repeatable).
         #[arg(long)]
         stop: Vec<String>,
+        /// Send the prompt as a user message through the model's chat template.
+        #[arg(long)]
+        chat: bool,
+        /// With --chat: a system message (else the template's default).
+        #[arg(long, requires = "chat")]
+        system: Option<String>,
         /// Print JSON (text, token ids, log-probs).
         #[arg(long)]
         json: bool,
@@ -153,6 +159,8 @@ fn main() -> ExitCode {
             top_p,
             seed,
             stop,
+            chat,
+            system,
             json,
         } => {
             let sampling = match temperature {
@@ -165,7 +173,12 @@ fn main() -> ExitCode {
                 seed,
                 stop_tokens: None,
             };
-            generate(&model, &prompt, &config, &stop, json)
+            let format = if chat {
+                lm::PromptFormat::Chat { system, shots: 0 }
+            } else {
+                lm::PromptFormat::Raw
+            };
+            generate(&model, &prompt, &format, &config, &stop, json)
         }
         Command::Score {
             model,
@@ -206,14 +219,20 @@ fn info(args: &ModelArgs) -> Result<(), lm::Error> {
 fn generate(
     args: &ModelArgs,
     prompt: &str,
+    format: &lm::PromptFormat,
     config: &GenerateConfig,
     stop: &[String],
     json: bool,
 ) -> Result<(), lm::Error> {
     let model = args.load()?;
-    let tokenizer = Tokenizer::from_dir(&args.model)?;
+    let tokenizer = Tokenizer::load(&args.model)?;
+    let template = match format {
+        lm::PromptFormat::Chat { .. } => Some(tokenizer.chat_template()?),
+        _ => None,
+    };
+    let prompt = format.render(prompt, &[], template.as_ref())?;
     let (text, generated) = model
-        .generate_text(&tokenizer, &[prompt], config, stop)?
+        .generate_text(&tokenizer, &[prompt.as_str()], config, stop)?
         .pop()
         .expect("one prompt, one result");
     if json {
@@ -232,7 +251,7 @@ fn generate(
 
 fn score(args: &ModelArgs, prompt: &str, completion: &str) -> Result<(), lm::Error> {
     let model = args.load()?;
-    let tokenizer = Tokenizer::from_dir(&args.model)?;
+    let tokenizer = Tokenizer::load(&args.model)?;
     let pair = (
         tokenizer.encode(prompt, true)?,
         tokenizer.encode(completion, false)?,
@@ -262,7 +281,7 @@ fn logits(args: &ModelArgs, ids: &[i64], out: &Path) -> Result<(), lm::Error> {
 
 fn agreement(args: &ModelArgs, text: &Path) -> Result<(), lm::Error> {
     let mut model = args.load()?;
-    let tokenizer = Tokenizer::from_dir(&args.model)?;
+    let tokenizer = Tokenizer::load(&args.model)?;
     let content = std::fs::read_to_string(text).map_err(|source| lm::Error::Io {
         path: text.to_path_buf(),
         source,
