@@ -131,7 +131,7 @@ fn bench_python() -> Result<PathBuf> {
 
 /// The python of a peer virtual environment with `packages` (and, where they install,
 /// `optional`), made once in the cache (`$<env>` overrides its folder).
-fn peer_python(env: &str, name: &str, packages: &[&str], optional: &[&str]) -> Result<PathBuf> {
+pub fn peer_python(env: &str, name: &str, packages: &[&str], optional: &[&str]) -> Result<PathBuf> {
     let venv = setup::cache_dir(env, name)?;
     let python = venv.join("bin").join("python");
     let marker = venv.join(".phase7-complete");

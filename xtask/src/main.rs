@@ -4,6 +4,8 @@
 //!   per-user cache and links it at `.libtorch` in the repository.
 //! * `test` runs set-up if needed, then formatting, lints, docs and the whole test suite.
 //! * `phase7` runs the whole pipeline on the embedded default model, offline.
+//! * `fetch-model NAME` fetches a real pretrained model (SmolLM2-135M-Instruct, GGUF) into
+//!   the per-user cache, verified; `test --real-models` runs the opt-in checks on it.
 //! * `bench <name>` runs a benchmark that compares against a Python peer side by side.
 //! * `make-default-model` trains the embedded default model (`assets/default-model`;
 //!   `--test-size` for `assets/test-model`); `default-model-parity` checks it against
@@ -18,6 +20,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod default_model;
+mod models;
 mod phase7;
 mod setup;
 mod test;
@@ -78,9 +81,21 @@ enum Command {
     },
     /// Set up if needed, then: fmt --check, clippy -D warnings, docs, all tests.
     Test {
+        /// Instead of the suite, the opt-in checks on real pretrained models: fetches
+        /// SmolLM2-135M-Instruct (GGUF) and compares it with transformers' GGUF loader
+        /// (tensors, config, token ids, chat renderings, logits, greedy answers).
+        #[arg(long)]
+        real_models: bool,
         /// Extra arguments passed to `cargo test` after `--workspace` (e.g. a filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         cargo_test_args: Vec<String>,
+    },
+    /// Fetch a real pretrained model into the per-user cache (once, checksum verified)
+    /// and print its path: $PHASE7_MODEL_CACHE, else ~/.cache/phase7/models.
+    FetchModel {
+        /// Which model.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(models::NAMES))]
+        name: String,
     },
 }
 
@@ -100,7 +115,15 @@ fn main() -> ExitCode {
         Command::Setup { force } => setup::run(&root, force).map(|report| {
             eprintln!("{report}");
         }),
-        Command::Test { cargo_test_args } => test::run(&root, &cargo_test_args),
+        Command::Test {
+            real_models: true, ..
+        } => models::real_model_checks(&root),
+        Command::Test {
+            cargo_test_args, ..
+        } => test::run(&root, &cargo_test_args),
+        Command::FetchModel { name } => {
+            models::fetch(&name).map(|path| println!("{}", path.display()))
+        }
         Command::Phase7 { args } => phase7::run(&root, &args),
         Command::Bench { name } => bench::run(&root, &name),
         Command::MakeDefaultModel { test_size, extra } => {

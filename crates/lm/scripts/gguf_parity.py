@@ -8,8 +8,9 @@ renderings written out for our Rust side to compare with.
 Checks here (exit 1 on any failure): every tensor of
 `AutoModelForCausalLM.from_pretrained(dir, gguf_file=...)` equals ours bit for bit (f32),
 and the config fields match. Written to OUT.json: token ids of a corpus, the chat template
-rendered by `apply_chat_template` for several conversations, and the f32 logits of a
-prompt (last position, and the first 8 of every position).
+rendered by `apply_chat_template` for several conversations, 200 test strings' token ids,
+the f32 logits of three prompts (last position in full, the first 8 of every position)
+and 32-token greedy continuations of 20 chat prompts.
 """
 
 import json
@@ -29,6 +30,38 @@ CORPUS = [
     "héllo 日本語  two  spaces\n\nnew",
     "tabs\tand\r\nwindows lines   trailing   ",
     "The answer is \\boxed{42}. Answer: 42",
+]
+
+FRAGMENTS = [
+    "Hello", " world", "  ", "\n", "\n\n", "\t", "\r\n", "   ", "12345", "3.14", "-7", "1,000",
+    "héllo", "日本語", "Ελληνικά", "русский", "emoji 😀🎉", "naïve café", "don't", "I'M", "we'll",
+    "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<repo_name>", "def f(x):\n    return x*2",
+    "{\"a\": [1, 2]}", "CALL calc(2**10)", "\\boxed{42}", "Answer: 72", "ALL CAPS", "snake_case_id",
+    "https://example.com/a?b=c", "a.b.c", "...", "!!!", "?", "(x+y)*z", "max(47,52)=", "T&F|!T=",
+]
+
+
+def test_strings(count=200):
+    """Seeded compositions of the fragments: unicode, whitespace runs, special tokens."""
+    import random
+    rng = random.Random(20261204)
+    strings = list(CORPUS)
+    while len(strings) < count:
+        text = "".join(rng.choice(FRAGMENTS) for _ in range(rng.randint(1, 6)))
+        if text not in strings:
+            strings.append(text)
+    return strings
+
+
+CHAT_PROMPTS = [
+    "What is the capital of France?", "What is 47+25?", "Compute 15-7.", "What is 9*8?",
+    "Is 3 greater than 5? Answer true or false.", "Reverse the word 'stone'.",
+    "How many letters a are in 'banana'?", "Continue the sequence 2, 4, 6, 8,",
+    "Write a haiku about the sea.", "Who wrote Hamlet?", "Translate 'thank you' to French.",
+    "What is the largest planet?", "Give me a synonym for happy.", "What is 128+256?",
+    "Sort 5, 2, 9.", "Name three primary colors.", "What does CPU stand for?",
+    "Say hello in Japanese.", "What is the boiling point of water in Celsius?",
+    "Explain gravity in one sentence.",
 ]
 
 CONVERSATIONS = [
@@ -84,7 +117,7 @@ def main():
         failures.append(f"ours has tensors transformers lacks: {extra[:5]}")
 
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    ids = {text: tokenizer.encode(text, add_special_tokens=False) for text in CORPUS}
+    ids = {text: tokenizer.encode(text, add_special_tokens=False) for text in test_strings()}
     rendered = [
         tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
         for conversation in CONVERSATIONS
@@ -93,7 +126,16 @@ def main():
     prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
     with torch.no_grad():
         logits = model(torch.tensor([prompt_ids])).logits[0].float()
+        # Three prompts for the logit comparison: the chat prompt, raw text, a long turn.
+        logit_prompts = [prompt_ids] + [tokenizer.encode(t, add_special_tokens=False) for t in (CORPUS[2], rendered[2])]
+        logit_rows = [model(torch.tensor([p])).logits[0].float() for p in logit_prompts]
     generated = model.generate(torch.tensor([prompt_ids]), max_new_tokens=20, do_sample=False)[0][len(prompt_ids):].tolist()
+    greedy_chats = []
+    for question in CHAT_PROMPTS:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+        chat_ids = tokenizer.encode(text, add_special_tokens=False)
+        out_ids = model.generate(torch.tensor([chat_ids]), max_new_tokens=32, do_sample=False)[0][len(chat_ids):].tolist()
+        greedy_chats.append({"question": question, "prompt": text, "prompt_ids": chat_ids, "greedy": out_ids})
     out.write_text(json.dumps({
         "tensors_compared": compared,
         "ids": ids,
@@ -103,6 +145,8 @@ def main():
         "last_logits": logits[-1].tolist(),
         "head_logits": logits[:, :8].tolist(),
         "greedy": generated,
+        "logit_prompts": [{"ids": p, "last": r[-1].tolist(), "head": r[:, :8].tolist()} for p, r in zip(logit_prompts, logit_rows)],
+        "greedy_chats": greedy_chats,
         "greedy_text": tokenizer.decode(generated),
     }))
     print(f"transformers: {compared} tensors compared bit for bit, {len(failures)} failure(s)")
