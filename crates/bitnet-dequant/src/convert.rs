@@ -89,6 +89,8 @@ pub struct ConvertReport {
     pub tensors: usize,
     /// Of which ternary (dequantized).
     pub ternary_tensors: usize,
+    /// Tensors stored in one of llama.cpp's block types (Q4_0 ... Q6_K).
+    pub quantized_tensors: usize,
     /// Elements written.
     pub parameters: usize,
     /// Bytes of tensor data written.
@@ -218,6 +220,10 @@ pub fn convert(
         format: checkpoint.format(),
         tensors: tensors.len(),
         ternary_tensors: tensors.iter().filter(|t| t.encoding.is_ternary()).count(),
+        quantized_tensors: tensors
+            .iter()
+            .filter(|t| matches!(t.encoding, Encoding::Quant { .. }))
+            .count(),
         parameters: tensors.iter().map(TensorInfo::numel).sum(),
         bytes: total,
         shards: shard_count,

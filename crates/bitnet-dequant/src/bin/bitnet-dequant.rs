@@ -131,11 +131,12 @@ fn main() -> ExitCode {
             progress.0.finish_and_clear();
             result.map(|report| {
                 println!(
-                    "wrote {} ({:?} input): {} tensors ({} dequantized), {} parameters, {:.1} MB in {} shard(s), {:.2} s; files: {}",
+                    "wrote {} ({:?} input): {} tensors ({} ternary and {} block-quantized dequantized), {} parameters, {:.1} MB in {} shard(s), {:.2} s; files: {}",
                     output.display(),
                     report.format,
                     report.tensors,
                     report.ternary_tensors,
+                    report.quantized_tensors,
                     report.parameters,
                     report.bytes as f64 / 1e6,
                     report.shards,
