@@ -209,7 +209,7 @@ fn info(args: &ModelArgs) -> Result<(), lm::Error> {
         "linear_layers": layers.len(),
         "bitlinear_layers": bitlinear,
         "linear_parameters": linear_parameters,
-        "tokenizer": args.model.join("tokenizer.json").is_file(),
+        "tokenizer": Tokenizer::load(&args.model).is_ok(),
         "device": format!("{:?}", model.device()),
     });
     println!("{report:#}");
