@@ -40,7 +40,10 @@ fn inspect_convert_verify_round_trip() {
     let convert = cli(&["convert", &fixture(), &output_arg, "--dtype", "bf16"]);
     assert!(convert.status.success(), "{convert:?}");
     let text = String::from_utf8_lossy(&convert.stdout);
-    assert!(text.contains("10 tensors (7 dequantized)"), "{text}");
+    assert!(
+        text.contains("10 tensors (7 ternary and 0 block-quantized dequantized)"),
+        "{text}"
+    );
 
     let verify = cli(&["verify", &fixture(), &output_arg]);
     assert!(verify.status.success(), "{verify:?}");
