@@ -121,7 +121,12 @@ impl ChatTemplate {
 }
 
 /// transformers' `tojson`: `json.dumps(x, ensure_ascii=False)`, with `indent` honoured.
-fn python_tojson(value: Value, indent: Option<usize>) -> std::result::Result<Value, JinjaError> {
+fn python_tojson(
+    value: Value,
+    kwargs: minijinja::value::Kwargs,
+) -> std::result::Result<Value, JinjaError> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    kwargs.assert_all_used()?;
     let json = serde_json::to_value(&value)
         .map_err(|e| JinjaError::new(ErrorKind::BadSerialization, e.to_string()))?;
     let mut out = String::new();

@@ -124,7 +124,7 @@ fn model_commands_work_end_to_end() {
 
     let missing = lm(&["info", "/nonexistent/model"]);
     assert!(!missing.status.success());
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/model/config.json"));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/model"));
 }
 
 fn tempfile_dir() -> std::path::PathBuf {
