@@ -53,7 +53,10 @@ impl Expert {
     }
 
     /// The reference code's initialisation: `z ~ mean + std * N(0, 1)` (its defaults are
-    /// 0.1 and 0.01), from libtorch's generator seeded with `seed`.
+    /// 0.1 and 0.01). The normals come from this call's own xoshiro256++ generator seeded
+    /// with `seed` (Box-Muller, in f64): libtorch's global generator would be shared with
+    /// every other thread, so two experts made at once (parallel tests, parallel workers)
+    /// could swap or mix their draws.
     pub fn random(
         decomposition: &Decomposition,
         name: &str,
@@ -61,10 +64,13 @@ impl Expert {
         std: f64,
         seed: i64,
     ) -> Self {
-        tch::manual_seed(seed);
+        let mut normals = StandardNormals::seeded(seed as u64);
         let mut expert = Self::constant(decomposition, name, mean);
         for (_, z) in &mut expert.z {
-            *z = Tensor::randn(z.size(), (Kind::Float, tch::Device::Cpu)) * std + mean;
+            let values: Vec<f32> = (0..z.numel())
+                .map(|_| (mean + std * normals.next()) as f32)
+                .collect();
+            *z = Tensor::from_slice(&values).view(z.size().as_slice());
         }
         expert
     }
@@ -187,5 +193,60 @@ impl Expert {
             *z = found.to_kind(Kind::Float).to_device(tch::Device::Cpu);
         }
         Ok(expert)
+    }
+}
+
+/// Standard normal draws from a private seeded generator (Box-Muller on xoshiro256++).
+struct StandardNormals {
+    rng: rand_xoshiro::Xoshiro256PlusPlus,
+    spare: Option<f64>,
+}
+
+impl StandardNormals {
+    fn seeded(seed: u64) -> Self {
+        use rand_core::SeedableRng;
+        Self {
+            rng: rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed),
+            spare: None,
+        }
+    }
+
+    /// A uniform in (0, 1]: never 0, so its logarithm is finite.
+    fn uniform_open(&mut self) -> f64 {
+        use rand_core::Rng as _;
+        ((self.rng.next_u64() >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    fn next(&mut self) -> f64 {
+        if let Some(value) = self.spare.take() {
+            return value;
+        }
+        let radius = (-2.0 * self.uniform_open().ln()).sqrt();
+        let angle = std::f64::consts::TAU * self.uniform_open();
+        self.spare = Some(radius * angle.sin());
+        radius * angle.cos()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normals_are_seeded_and_standard() {
+        let draw = |seed| {
+            let mut normals = StandardNormals::seeded(seed);
+            (0..100_000).map(|_| normals.next()).collect::<Vec<f64>>()
+        };
+        let a = draw(7);
+        assert_eq!(a, draw(7));
+        assert_ne!(a[..10], draw(8)[..10]);
+        let mean = a.iter().sum::<f64>() / a.len() as f64;
+        let var = a.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / a.len() as f64;
+        assert!(
+            mean.abs() < 0.02 && (var - 1.0).abs() < 0.02,
+            "{mean} {var}"
+        );
+        assert!(a.iter().all(|x| x.is_finite()));
     }
 }
