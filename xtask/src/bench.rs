@@ -379,6 +379,7 @@ pub fn transformers_python() -> Result<PathBuf> {
             "transformers==5.24.0",
             "safetensors",
             "accelerate==1.15.0",
+            "gguf==0.19.0",
         ],
         &[],
     )
@@ -386,11 +387,12 @@ pub fn transformers_python() -> Result<PathBuf> {
 
 fn lm(root: &Path) -> Result<()> {
     let python = transformers_python()?;
+    let gguf = crate::models::fetch("smollm2-135m-instruct")?;
     let work = setup::cache_dir("PHASE7_BENCH_MODELS", "bench-models")?;
     std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
     let peer = work.join("transformers.json");
     eprintln!(
-        "bench: running transformers (random SmolLM-135M-shaped and tiny models, made once in {})",
+        "bench: running transformers (random SmolLM-135M-shaped and tiny models, made once in {}, and SmolLM2-135M-Instruct from its GGUF)",
         work.display()
     );
     let status = Command::new(&python)
@@ -398,6 +400,7 @@ fn lm(root: &Path) -> Result<()> {
         .arg(&work)
         .arg(&peer)
         .arg("2")
+        .arg(&gguf)
         .status()
         .context("cannot run the transformers script")?;
     if !status.success() {

@@ -16,12 +16,17 @@
 //! * **Skipped**: `rope_freqs.weight` (Llama 3.1/3.2's RoPE scaling), which transformers
 //!   skips too: such a model runs with plain RoPE, as it does in transformers. The skipped
 //!   names are listed by [`GgufModel::skipped`].
-//! * **Tokenizer**: `tokenizer.ggml.model = gpt2` (byte-level BPE: SmolLM, Llama 3,
-//!   Qwen2, Mistral-Nemo...) is rebuilt with transformers' rules, including its
-//!   pre-tokenizer split for the `tokenizer.ggml.pre` values it knows (`llama-bpe`,
-//!   `qwen2`, ...). SentencePiece-style vocabularies (`llama`, with scores and byte tokens)
-//!   are not rebuilt yet: [`GgufModel::tokenizer_json`] says so, and the weights and
-//!   config still load.
+//! * **Tokenizer**, rebuilt with transformers' rules:
+//!   * `tokenizer.ggml.model = gpt2` (byte-level BPE: SmolLM, Llama 3, Qwen2,
+//!     Mistral-Nemo...), including transformers' pre-tokenizer split for the
+//!     `tokenizer.ggml.pre` values it knows (`llama-bpe`, `qwen2`, ...);
+//!   * `llama` (SentencePiece-style BPE: Llama 2, Mistral 7B, TinyLlama...): Metaspace
+//!     with the prefix on the first piece, byte fallback, merges from the file or, when
+//!     absent, derived from the scores as transformers' `generate_merges` does; BOS added
+//!     unless `tokenizer.ggml.add_bos_token` says otherwise.
+//!
+//!   Other vocabularies (`t5`, `gemma4`) are refused by [`GgufModel::tokenizer_json`]
+//!   with a clear error; the weights and config still load.
 //!
 //! A GGUF file is read as a model when its `general.architecture` is one of
 //! [`ARCHITECTURES`] and it has that architecture's `block_count`: a file of loose
@@ -284,21 +289,25 @@ impl GgufModel {
             .and_then(Value::as_u64)
     }
 
-    /// The `tokenizer.json` transformers builds from the file's vocabulary (byte-level BPE
-    /// only; see the module docs).
-    pub fn tokenizer_json(&self) -> Result<Json> {
-        let path = self.file.path();
-        let model = self
-            .file
+    /// `tokenizer.ggml.model` (`gpt2`, `llama`, ...), empty when absent.
+    pub fn tokenizer_model(&self) -> &str {
+        self.file
             .get("tokenizer.ggml.model")
             .and_then(Value::as_str)
-            .unwrap_or("");
-        if model != "gpt2" {
+            .unwrap_or("")
+    }
+
+    /// The `tokenizer.json` transformers builds from the file's vocabulary: byte-level BPE
+    /// (`gpt2`) or SentencePiece-style BPE (`llama`); see the module docs.
+    pub fn tokenizer_json(&self) -> Result<Json> {
+        let path = self.file.path();
+        let model = self.tokenizer_model();
+        if model != "gpt2" && model != "llama" {
             return Err(Error::Unsupported {
                 path: path.to_path_buf(),
                 message: format!(
-                    "tokenizer.ggml.model `{model}`: only byte-level BPE vocabularies (`gpt2`) \
-                     are rebuilt; SentencePiece (`llama`) and others are not yet"
+                    "tokenizer.ggml.model `{model}`: byte-level BPE (`gpt2`) and SentencePiece \
+                     BPE (`llama`) vocabularies are rebuilt; others (`t5`, `gemma4`) are not yet"
                 ),
             });
         }
@@ -313,32 +322,35 @@ impl GgufModel {
                 .collect(),
             _ => Vec::new(),
         };
-        let merges: Vec<Json> = match self.file.get("tokenizer.ggml.merges") {
-            Some(Value::Array(items)) => items
-                .iter()
-                .enumerate()
-                .map(|(i, m)| {
-                    let text = m.as_str().unwrap_or("");
-                    match text.split_once(' ') {
-                        Some((a, b)) => Ok(json!([a, b])),
-                        None => Err(Error::malformed(
-                            path,
-                            format!("tokenizer.ggml.merges[{i}] is {text:?}, expected \"A B\""),
-                        )),
-                    }
-                })
-                .collect::<Result<_>>()?,
-            _ => {
-                return Err(Error::malformed(
-                    path,
-                    "a `gpt2` vocabulary without `tokenizer.ggml.merges`",
-                ));
-            }
+        let file_merges: Option<Vec<(String, String)>> = match self
+            .file
+            .get("tokenizer.ggml.merges")
+        {
+            Some(Value::Array(items)) => Some(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| {
+                        let text = m.as_str().unwrap_or("");
+                        match text.split_once(' ') {
+                            Some((a, b)) => Ok((a.to_owned(), b.to_owned())),
+                            None => Err(Error::malformed(
+                                path,
+                                format!("tokenizer.ggml.merges[{i}] is {text:?}, expected \"A B\""),
+                            )),
+                        }
+                    })
+                    .collect::<Result<_>>()?,
+            ),
+            _ => None,
         };
+        let byte_level = model == "gpt2";
         let alphabet = byte_alphabet();
         let in_alphabet = |token: &str| token.chars().all(|c| alphabet.contains(&c));
-        let respell = |token: &str| -> String {
-            if in_alphabet(token) {
+        // The vocabulary as the tokenizer spells it: byte-level tokens outside GPT-2's
+        // alphabet are re-spelled from their UTF-8 bytes; SentencePiece keeps the file's.
+        let spell = |token: &str| -> String {
+            if !byte_level || in_alphabet(token) {
                 token.to_owned()
             } else {
                 token.bytes().map(|b| alphabet[usize::from(b)]).collect()
@@ -346,13 +358,69 @@ impl GgufModel {
         };
         let mut vocab = Map::new();
         for (id, token) in tokens.iter().enumerate() {
-            vocab.insert(respell(token), json!(id));
+            vocab.insert(spell(token), json!(id));
         }
+        let merges = match file_merges {
+            Some(merges) => merges,
+            None if byte_level => {
+                return Err(Error::malformed(
+                    path,
+                    "a `gpt2` vocabulary without `tokenizer.ggml.merges`",
+                ));
+            }
+            None => {
+                let Some(Value::Array(scores)) = self.file.get("tokenizer.ggml.scores") else {
+                    return Err(Error::malformed(
+                        path,
+                        "a `llama` vocabulary without `tokenizer.ggml.merges` needs \
+                         `tokenizer.ggml.scores` to derive them",
+                    ));
+                };
+                let scores: Vec<f64> = scores
+                    .iter()
+                    .map(|v| match v {
+                        Value::F32(x) => f64::from(*x),
+                        Value::F64(x) => *x,
+                        other => other.as_u64().map_or(f64::NAN, |x| x as f64),
+                    })
+                    .collect();
+                if scores.len() != tokens.len() {
+                    return Err(Error::malformed(
+                        path,
+                        format!(
+                            "tokenizer.ggml.scores has {} entries for {} tokens",
+                            scores.len(),
+                            tokens.len()
+                        ),
+                    ));
+                }
+                merges_from_scores(&tokens, &scores)
+            }
+        };
+        let merges: Vec<Json> = merges.into_iter().map(|(a, b)| json!([a, b])).collect();
+
+        // Added tokens, matched whole before pre-tokenization: control tokens (type 3; a
+        // byte-level one outside the alphabet is a mislabel and skipped) and the special
+        // tokens' strings as special; user-defined ones (type 4) in the vocabulary as
+        // plain added tokens.
+        let special_ids: Vec<u64> = [
+            "bos_token_id",
+            "eos_token_id",
+            "unknown_token_id",
+            "padding_token_id",
+        ]
+        .iter()
+        .filter_map(|key| self.token_id(key))
+        .collect();
         let mut added = Vec::new();
-        for (id, (token, kind)) in tokens.iter().zip(&types).enumerate() {
+        for (id, token) in tokens.iter().enumerate() {
+            let kind = types.get(id).copied().unwrap_or(1);
             let special = match kind {
-                3 if in_alphabet(token) => true,
-                4 => false,
+                3 if !byte_level || in_alphabet(token) => true,
+                4 if !byte_level || in_alphabet(token) => false,
+                _ if special_ids.contains(&(id as u64)) && (!byte_level || in_alphabet(token)) => {
+                    true
+                }
                 _ => continue,
             };
             added.push(json!({
@@ -363,6 +431,43 @@ impl GgufModel {
                 "rstrip": false,
                 "normalized": false,
                 "special": special,
+            }));
+        }
+        if !byte_level {
+            return Ok(json!({
+                "version": "1.0",
+                "truncation": null,
+                "padding": null,
+                "added_tokens": added,
+                "normalizer": null,
+                "pre_tokenizer": {
+                    "type": "Metaspace",
+                    "replacement": "\u{2581}",
+                    "prepend_scheme": "first",
+                    "split": false,
+                },
+                "post_processor": null,
+                "decoder": {
+                    "type": "Sequence",
+                    "decoders": [
+                        { "type": "Replace", "pattern": { "String": "\u{2581}" }, "content": " " },
+                        { "type": "ByteFallback" },
+                        { "type": "Fuse" },
+                        { "type": "Strip", "content": " ", "start": 1, "stop": 0 },
+                    ],
+                },
+                "model": {
+                    "type": "BPE",
+                    "dropout": null,
+                    "unk_token": null,
+                    "continuing_subword_prefix": null,
+                    "end_of_word_suffix": null,
+                    "fuse_unk": true,
+                    "byte_fallback": true,
+                    "ignore_merges": false,
+                    "vocab": vocab,
+                    "merges": merges,
+                },
             }));
         }
         let pre = self
@@ -447,9 +552,11 @@ impl GgufModel {
                     _ => None,
                 })
         };
+        // llama.cpp adds BOS to a SentencePiece vocabulary that does not say otherwise.
+        let spm = self.tokenizer_model() == "llama";
         config.insert(
             "add_bos_token".into(),
-            json!(flag("add_bos_token").unwrap_or(false)),
+            json!(flag("add_bos_token").unwrap_or(spm)),
         );
         config.insert(
             "add_eos_token".into(),
@@ -461,7 +568,14 @@ impl GgufModel {
         if let Some(context) = self.config.get("max_position_embeddings") {
             config.insert("model_max_length".into(), context.clone());
         }
-        config.insert("tokenizer_class".into(), json!("GPT2Tokenizer"));
+        config.insert(
+            "tokenizer_class".into(),
+            json!(if spm {
+                "LlamaTokenizer"
+            } else {
+                "GPT2Tokenizer"
+            }),
+        );
         Ok(Json::Object(config))
     }
 
@@ -513,6 +627,46 @@ impl GgufModel {
         }
         Ok(files)
     }
+}
+
+/// The merges a SentencePiece BPE vocabulary implies, as transformers derives them
+/// (`generate_merges`): every split of every token into two tokens of the vocabulary,
+/// ranked by the whole token's score (best first), then by the longer left and right
+/// parts; ties keep vocabulary order.
+fn merges_from_scores(tokens: &[&str], scores: &[f64]) -> Vec<(String, String)> {
+    // Python dict semantics: an id map where a repeated token keeps its last id, and a
+    // score map that keeps a repeated token's first position with its last score.
+    let mut id: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut order: Vec<&str> = Vec::new();
+    let mut score: std::collections::HashMap<&str, f64> = std::collections::HashMap::new();
+    for (i, (&token, &s)) in tokens.iter().zip(scores).enumerate() {
+        id.insert(token, i);
+        if score.insert(token, s).is_none() {
+            order.push(token);
+        }
+    }
+    let mut merges: Vec<(&str, &str, f64)> = Vec::new();
+    for &token in &order {
+        let mut local: Vec<(&str, &str, f64)> = token
+            .char_indices()
+            .skip(1)
+            .map(|(at, _)| token.split_at(at))
+            .filter(|(left, right)| id.contains_key(left) && id.contains_key(right))
+            .map(|(left, right)| (left, right, score[token]))
+            .collect();
+        local.sort_by_key(|(left, right, _)| (id[left], id[right]));
+        merges.extend(local);
+    }
+    let key =
+        |(left, right, s): &(&str, &str, f64)| (*s, left.chars().count(), right.chars().count());
+    merges.sort_by(|a, b| {
+        let (a, b) = (key(a), key(b));
+        b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)).then(b.2.cmp(&a.2))
+    });
+    merges
+        .into_iter()
+        .map(|(left, right, _)| (left.to_owned(), right.to_owned()))
+        .collect()
 }
 
 /// GPT-2's `bytes_to_unicode`: the printable character standing for each byte.

@@ -83,8 +83,11 @@ fn main() {
     );
     let mut largest = (0.0f64, 0.0f64, 0.0f64);
     for (name, entry) in report["models"].as_object().expect("models") {
-        let mut model =
-            CausalLm::load(&models.join(name), Device::Cpu, Kind::Float).expect("loads");
+        // A real model's entry names its file (a GGUF); the random ones live in MODELS_DIR.
+        let path = entry["path"]
+            .as_str()
+            .map_or_else(|| models.join(name), PathBuf::from);
+        let mut model = CausalLm::load(&path, Device::Cpu, Kind::Float).expect("loads");
         let config = model.config().clone();
         let weights = model
             .linear_layers_mut()

@@ -5,7 +5,11 @@ the same thread count as the Rust side): prefill tokens/s and greedy generation
 tokens/s with the KV cache at batch 1 and 16. Writes the timings, the exact prompts
 and the generated ids as JSON, so the Rust side runs the same work and can compare.
 
-usage: bench_transformers.py MODELS_DIR OUT.json THREADS
+With a fourth argument, a GGUF file of a real model (SmolLM2-135M-Instruct), that model
+is timed too, loaded by transformers' GGUF loader (dequantized to f32); its entry records
+the file's path so the Rust side loads the same file.
+
+usage: bench_transformers.py MODELS_DIR OUT.json THREADS [MODEL.gguf]
 """
 
 import json
@@ -45,18 +49,29 @@ def main():
     models_dir, out, threads = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     torch.set_num_threads(threads)
     report = {"threads": threads, "models": {}}
-    for index, (name, shape) in enumerate(SHAPES.items()):
-        directory = models_dir / name
-        if not (directory / "config.json").is_file():
-            torch.manual_seed(index)
-            config = AutoConfig.for_model("llama", bos_token_id=1, eos_token_id=2, pad_token_id=0,
-                                          initializer_range=0.02, **shape)
-            AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(directory)
-        model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    models = list(SHAPES.items())
+    if len(sys.argv) > 4:
+        models.append(("smollm2-135m-instruct-gguf", {"gguf": Path(sys.argv[4])}))
+    for index, (name, shape) in enumerate(models):
+        if "gguf" in shape:
+            gguf_file = shape["gguf"].resolve()
+            model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name,
+                                                         dtype=torch.float32).eval()
+            vocab = model.config.vocab_size
+        else:
+            directory = models_dir / name
+            if not (directory / "config.json").is_file():
+                torch.manual_seed(index)
+                config = AutoConfig.for_model("llama", bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                                              initializer_range=0.02, **shape)
+                AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(directory)
+            model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+            vocab = shape["vocab_size"]
         generator = torch.Generator().manual_seed(7)
-        vocab = shape["vocab_size"]
         prefill = torch.randint(3, vocab, (1, PREFILL_TOKENS), generator=generator)
         entry = {"prefill_ids": prefill.tolist(), "generation": {}}
+        if "gguf" in shape:
+            entry["path"] = str(gguf_file)
         with torch.no_grad():
             seconds = median_seconds(lambda: model(input_ids=prefill))
             entry["prefill_tokens_per_second"] = PREFILL_TOKENS / seconds

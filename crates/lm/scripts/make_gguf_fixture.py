@@ -12,6 +12,9 @@ Writes tests/fixtures/gguf/:
                  RoPE, weights in Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and F16 (quantized by the gguf
                  package), a byte-level BPE vocabulary of 300 tokens with merges and control
                  tokens, the `qwen2` pre-tokenizer, SmolLM2's chat template
+  tiny-spm.gguf  the same weights with a SentencePiece-style vocabulary (byte tokens,
+                 scores, no merges, BOS added by default)
+  expected-spm.json  transformers' ids (with and without BOS), decodings and logits for it
   expected.json  from transformers loading tiny.gguf (`from_pretrained(dir, gguf_file=...)`):
                  its config, token ids of a corpus, the f32 logits of two prompts (the last
                  position in full, the first 16 of every position) and a greedy continuation
@@ -167,6 +170,41 @@ def train_merges(text, count):
     return merges
 
 
+SPM_EXTRA = ["<s>the</s>", "  leading", "x\u2581y", "tab\tcontrol\x01"]
+
+
+def spm_vocabulary(text, size):
+    """A SentencePiece-style BPE vocabulary of `size` tokens: <unk>, <s>, </s>, the 256
+    byte tokens, merged pieces scored by rank and single characters scored below them."""
+    words = Counter(tuple("\u2581" + w) for w in text.split(" ") if w)
+    chars = sorted({c for w in words for c in w})
+    pieces = []
+    while len(pieces) + len(chars) < size - 259:
+        pairs = Counter()
+        for w, n in words.items():
+            for pair in zip(w, w[1:]):
+                pairs[pair] += n
+        best = max(pairs.items(), key=lambda kv: (kv[1], kv[0]))[0]
+        pieces.append(best[0] + best[1])
+        merged = Counter()
+        for w, n in words.items():
+            out, i = [], 0
+            while i < len(w):
+                if i + 1 < len(w) and (w[i], w[i + 1]) == best:
+                    out.append(w[i] + w[i + 1])
+                    i += 2
+                else:
+                    out.append(w[i])
+                    i += 1
+            merged[tuple(out)] += n
+        words = merged
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces + chars
+    types = [2, 3, 3] + [6] * 256 + [1] * (len(pieces) + len(chars))
+    scores = [0.0] * 259 + [-float(i) for i in range(len(pieces))] + [-1000.0 - i for i in range(len(chars))]
+    assert len(tokens) == size, len(tokens)
+    return tokens, types, scores
+
+
 def permute(w, n_head):
     # llama.cpp's LlamaModel.permute (convert_hf_to_gguf.py).
     shape = w.shape
@@ -199,18 +237,51 @@ def main():
                 p.copy_(0.15 * torch.randn_like(p))
     state = {k: v.float().numpy() for k, v in model.state_dict().items()}
 
+    def start(path):
+        writer = gguf.GGUFWriter(str(path), "llama")
+        writer.add_name("lm tiny gguf fixture")
+        writer.add_block_count(2)
+        writer.add_context_length(256)
+        writer.add_embedding_length(64)
+        writer.add_feed_forward_length(128)
+        writer.add_head_count(4)
+        writer.add_head_count_kv(2)
+        writer.add_rope_dimension_count(16)
+        writer.add_rope_freq_base(10000.0)
+        writer.add_layer_norm_rms_eps(1e-5)
+        return writer
+
+    def finish(writer):
+        def put(name, values, qtype):
+            values = np.ascontiguousarray(values, dtype=np.float32)
+            if qtype == Q.F32:
+                writer.add_tensor(name, values)
+            elif qtype == Q.F16:
+                writer.add_tensor(name, values.astype(np.float16))
+            else:
+                writer.add_tensor(name, gguf.quants.quantize(values, qtype), raw_dtype=qtype)
+
+        put("token_embd.weight", state["model.embed_tokens.weight"], Q.Q8_0)
+        for i in range(2):
+            p = f"model.layers.{i}."
+            put(f"blk.{i}.attn_norm.weight", state[p + "input_layernorm.weight"], Q.F32)
+            put(f"blk.{i}.attn_q.weight", permute(state[p + "self_attn.q_proj.weight"], 4), Q.Q4_0)
+            put(f"blk.{i}.attn_k.weight", permute(state[p + "self_attn.k_proj.weight"], 2), Q.Q5_1)
+            put(f"blk.{i}.attn_v.weight", state[p + "self_attn.v_proj.weight"], Q.Q8_0)
+            put(f"blk.{i}.attn_output.weight", state[p + "self_attn.o_proj.weight"], Q.Q4_1)
+            put(f"blk.{i}.ffn_norm.weight", state[p + "post_attention_layernorm.weight"], Q.F32)
+            put(f"blk.{i}.ffn_gate.weight", state[p + "mlp.gate_proj.weight"], Q.Q5_0)
+            put(f"blk.{i}.ffn_up.weight", state[p + "mlp.up_proj.weight"], Q.Q5_1)
+            put(f"blk.{i}.ffn_down.weight", state[p + "mlp.down_proj.weight"], Q.Q8_0)
+        put("output_norm.weight", state["model.norm.weight"], Q.F32)
+        put("output.weight", state["lm_head.weight"], Q.F16)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+
     path = out / "tiny.gguf"
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_name("lm tiny gguf fixture")
-    writer.add_block_count(2)
-    writer.add_context_length(256)
-    writer.add_embedding_length(64)
-    writer.add_feed_forward_length(128)
-    writer.add_head_count(4)
-    writer.add_head_count_kv(2)
-    writer.add_rope_dimension_count(16)
-    writer.add_rope_freq_base(10000.0)
-    writer.add_layer_norm_rms_eps(1e-5)
+    writer = start(path)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("qwen2")
     writer.add_token_list(tokens)
@@ -221,34 +292,34 @@ def main():
     writer.add_pad_token_id(0)
     writer.add_add_bos_token(False)
     writer.add_chat_template(SMOLLM2_TEMPLATE)
+    finish(writer)
 
-    def put(name, values, qtype):
-        values = np.ascontiguousarray(values, dtype=np.float32)
-        if qtype == Q.F32:
-            writer.add_tensor(name, values)
-        elif qtype == Q.F16:
-            writer.add_tensor(name, values.astype(np.float16))
-        else:
-            writer.add_tensor(name, gguf.quants.quantize(values, qtype), raw_dtype=qtype)
-
-    put("token_embd.weight", state["model.embed_tokens.weight"], Q.Q8_0)
-    for i in range(2):
-        p = f"model.layers.{i}."
-        put(f"blk.{i}.attn_norm.weight", state[p + "input_layernorm.weight"], Q.F32)
-        put(f"blk.{i}.attn_q.weight", permute(state[p + "self_attn.q_proj.weight"], 4), Q.Q4_0)
-        put(f"blk.{i}.attn_k.weight", permute(state[p + "self_attn.k_proj.weight"], 2), Q.Q5_1)
-        put(f"blk.{i}.attn_v.weight", state[p + "self_attn.v_proj.weight"], Q.Q8_0)
-        put(f"blk.{i}.attn_output.weight", state[p + "self_attn.o_proj.weight"], Q.Q4_1)
-        put(f"blk.{i}.ffn_norm.weight", state[p + "post_attention_layernorm.weight"], Q.F32)
-        put(f"blk.{i}.ffn_gate.weight", state[p + "mlp.gate_proj.weight"], Q.Q5_0)
-        put(f"blk.{i}.ffn_up.weight", state[p + "mlp.up_proj.weight"], Q.Q5_1)
-        put(f"blk.{i}.ffn_down.weight", state[p + "mlp.down_proj.weight"], Q.Q8_0)
-    put("output_norm.weight", state["model.norm.weight"], Q.F32)
-    put("output.weight", state["lm_head.weight"], Q.F16)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    # The same weights with a SentencePiece-style vocabulary: byte tokens, scores and no
+    # merges (transformers derives them from the scores), add_bos_token left unset.
+    spm_tokens, spm_types, spm_scores = spm_vocabulary(TRAINING_TEXT, len(tokens))
+    spm_path = out / "tiny-spm.gguf"
+    writer = start(spm_path)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(spm_tokens)
+    writer.add_token_types(spm_types)
+    writer.add_token_scores(spm_scores)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    finish(writer)
+    spm = AutoTokenizer.from_pretrained(out, gguf_file=spm_path.name)
+    spm_model = AutoModelForCausalLM.from_pretrained(out, gguf_file=spm_path.name, dtype=torch.float32).eval()
+    spm_ids = {text: spm.encode(text, add_special_tokens=False) for text in CORPUS + SPM_EXTRA}
+    spm_prompt = spm.encode(CORPUS[0])
+    with torch.no_grad():
+        full = spm_model(torch.tensor([spm_prompt])).logits[0]
+    (out / "expected-spm.json").write_text(json.dumps({
+        "ids": spm_ids,
+        "with_bos": {text: spm.encode(text) for text in CORPUS[:3]},
+        "decoded": {text: spm.decode(ids) for text, ids in spm_ids.items()},
+        "prompt": spm_prompt,
+        "logits": {"last": full[-1].tolist(), "head": full[:, :16].tolist()},
+    }, indent=1))
 
     loaded = AutoModelForCausalLM.from_pretrained(out, gguf_file=path.name, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(out, gguf_file=path.name)

@@ -111,8 +111,8 @@ impl Tokenizer {
     }
 
     /// Rebuilds the tokenizer of a llama-family GGUF model from its vocabulary, merges,
-    /// token types and special ids, as transformers does (byte-level BPE vocabularies;
-    /// see `bitnet_dequant::gguf_model`), with the file's chat template.
+    /// token types, scores and special ids, as transformers does (byte-level and
+    /// SentencePiece-style BPE; see `bitnet_dequant::gguf_model`), with the chat template.
     pub fn from_gguf(path: &Path) -> Result<Self> {
         let model = bitnet_dequant::gguf_model::GgufModel::open(path)?;
         let json = model.tokenizer_json()?;

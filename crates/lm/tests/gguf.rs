@@ -218,3 +218,38 @@ fn bad_gguf_models_are_named() {
         "{message}"
     );
 }
+
+#[test]
+fn a_sentencepiece_gguf_vocabulary_equals_transformers() {
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("gguf/expected-spm.json")).unwrap())
+            .unwrap();
+    let path = fixture("gguf/tiny-spm.gguf");
+    let tokenizer = Tokenizer::load(&path).unwrap();
+    assert_eq!(tokenizer.bos, Some(1));
+    for (text, theirs) in expected["ids"].as_object().unwrap() {
+        let ours = tokenizer.encode(text, false).unwrap();
+        assert_eq!(ours, ids(theirs), "{text:?}");
+        assert_eq!(
+            tokenizer.decode(&ours, false).unwrap(),
+            expected["decoded"][text].as_str().unwrap(),
+            "{text:?}"
+        );
+    }
+    // No add_bos_token key: BOS is added, as llama.cpp and transformers do.
+    for (text, theirs) in expected["with_bos"].as_object().unwrap() {
+        assert_eq!(
+            tokenizer.encode(text, true).unwrap(),
+            ids(theirs),
+            "{text:?}"
+        );
+    }
+    let model = CausalLm::load(&path, Device::Cpu, Kind::Float).unwrap();
+    let input = Tensor::from_slice(&ids(&expected["prompt"])).unsqueeze(0);
+    let logits = tch::no_grad(|| model.forward(&input, None, None).unwrap());
+    let mut gap = 0f64;
+    for (j, theirs) in floats(&expected["logits"]["last"]).iter().enumerate() {
+        gap = gap.max((logits.double_value(&[0, -1, j as i64]) - theirs).abs());
+    }
+    assert!(gap < 1e-4, "max |Δlogit| {gap}");
+}
