@@ -96,7 +96,10 @@ impl GgmlType {
                         kind.name()
                     ));
                 }
-                Ok(n / block * kind.block_bytes())
+                // Q8_0 and Q5_1 take more bytes than elements/4: a lying header can overflow.
+                (n / block)
+                    .checked_mul(kind.block_bytes())
+                    .ok_or_else(|| "size overflows".to_owned())
             }
         }
     }
@@ -470,10 +473,14 @@ impl GgufFile {
                     }
                 },
             };
-            let n = dims
-                .iter()
+            // The product of the non-zero dimensions must fit: then every partial product,
+            // in any order (`TensorInfo::numel` multiplies the reversed shape), fits too,
+            // even when a zero dimension makes the total 0.
+            dims.iter()
+                .filter(|&&d| d != 0)
                 .try_fold(1usize, |acc, &d| acc.checked_mul(d))
                 .ok_or_else(|| Error::tensor(&path, name.clone(), "element count overflows"))?;
+            let n: usize = dims.iter().product();
             let size = ggml_type
                 .tensor_bytes(dims[0], n)
                 .map_err(|message| Error::tensor(&path, name.clone(), message))?;

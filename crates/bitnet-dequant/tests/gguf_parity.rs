@@ -284,3 +284,49 @@ fn read(file: &GgufFile, name: &str) -> Vec<f32> {
 fn bits(values: &[f32]) -> Vec<u32> {
     values.iter().map(|v| v.to_bits()).collect()
 }
+
+fn one_tensor_header(dims: &[u64], type_id: u32) -> Vec<u8> {
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend_from_slice(&3u32.to_le_bytes());
+    bytes.extend_from_slice(&1u64.to_le_bytes()); // one tensor
+    bytes.extend_from_slice(&0u64.to_le_bytes()); // no metadata
+    bytes.extend_from_slice(&1u64.to_le_bytes());
+    bytes.push(b't');
+    bytes.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+    for dim in dims {
+        bytes.extend_from_slice(&dim.to_le_bytes());
+    }
+    bytes.extend_from_slice(&type_id.to_le_bytes());
+    bytes.extend_from_slice(&0u64.to_le_bytes());
+    bytes
+}
+
+#[test]
+fn a_q8_0_header_whose_byte_size_overflows_is_refused() {
+    // Found by `cargo fuzz run gguf`: almost 2^64 elements fit in a usize, their Q8_0
+    // bytes (34 per 32 elements) do not.
+    let bytes = one_tensor_header(&[1 << 32, (1 << 32) - 1], 8);
+    let message = GgufFile::from_bytes("q8.gguf".into(), bitnet_dequant::io::Bytes::Owned(bytes))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        message.contains("q8.gguf") && message.contains("overflows"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_zero_dimension_cannot_hide_an_overflowing_shape() {
+    // Found by `cargo fuzz run gguf`: dims [0, 2^40, 2^40] multiply to 0 left to right but
+    // overflow in the row-major order `numel` uses.
+    let bytes = one_tensor_header(&[0, 1 << 40, 1 << 40], 0);
+    let message = GgufFile::from_bytes("big.gguf".into(), bitnet_dequant::io::Bytes::Owned(bytes))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        message.contains("big.gguf") && message.contains("overflows"),
+        "{message}"
+    );
+}
