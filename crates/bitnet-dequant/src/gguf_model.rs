@@ -178,15 +178,23 @@ impl GgufModel {
         &self.skipped
     }
 
-    fn source(&self, name: &str) -> Result<&Source> {
+    fn index(&self, name: &str) -> Result<usize> {
         self.tensors
             .iter()
             .position(|t| t.name == name)
-            .map(|i| &self.sources[i])
             .ok_or_else(|| Error::NoSuchTensor {
                 path: self.file.path().to_path_buf(),
                 tensor: name.to_owned(),
             })
+    }
+
+    fn source(&self, name: &str) -> Result<&Source> {
+        Ok(&self.sources[self.index(name)?])
+    }
+
+    /// The HF tensor named `name`.
+    pub fn tensor(&self, name: &str) -> Result<&TensorInfo> {
+        Ok(&self.tensors[self.index(name)?])
     }
 
     /// The GGUF name of an HF tensor.
@@ -211,7 +219,7 @@ impl GgufModel {
     /// Puts values decoded in GGUF row order into HF row order (a copy for every tensor
     /// but llama's Q and K).
     pub fn arrange_into(&self, name: &str, stored: &[f32], out: &mut [f32]) -> Result<()> {
-        let source = self.source(name)?;
+        let index = self.index(name)?;
         if stored.len() != out.len() {
             return Err(Error::Invalid(format!(
                 "`{name}`: {} values to arrange into {}",
@@ -219,16 +227,11 @@ impl GgufModel {
                 out.len()
             )));
         }
-        let Some(heads) = source.unpermute_heads else {
+        let Some(heads) = self.sources[index].unpermute_heads else {
             out.copy_from_slice(stored);
             return Ok(());
         };
-        let info = &self.tensors[self
-            .tensors
-            .iter()
-            .position(|t| t.name == name)
-            .unwrap_or(0)];
-        let rows = info.shape[0];
+        let rows = self.tensors[index].shape[0];
         let width = stored.len() / rows;
         let head_dim = rows / heads;
         let half = head_dim / 2;

@@ -56,6 +56,16 @@ use std::path::{Path, PathBuf};
 pub use error::{Error, Result};
 pub use tensor::{Encoding, FloatDtype, ScaleConvention, TensorInfo, Ternary, TernaryScales};
 
+/// Whether `path` is a file that starts with the GGUF magic bytes (whatever its name).
+pub fn is_gguf(path: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    path.is_file()
+        && std::fs::File::open(path)
+            .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut magic))
+            .is_ok()
+        && &magic == b"GGUF"
+}
+
 /// Which container a checkpoint came in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum Format {
@@ -90,19 +100,12 @@ impl Checkpoint {
                 std::io::Error::from(std::io::ErrorKind::NotFound),
             ));
         }
-        if path.is_file() {
-            let mut magic = [0u8; 4];
-            let mut file =
-                std::fs::File::open(path).map_err(|e| Error::io(path, "cannot open", e))?;
-            let is_gguf =
-                std::io::Read::read_exact(&mut file, &mut magic).is_ok() && &magic == b"GGUF";
-            if is_gguf {
-                let file = gguf::GgufFile::open(path)?;
-                if gguf_model::GgufModel::is_model(&file) {
-                    return Ok(Self::GgufModel(gguf_model::GgufModel::from_file(file)?));
-                }
-                return Ok(Self::Gguf(file));
+        if is_gguf(path) {
+            let file = gguf::GgufFile::open(path)?;
+            if gguf_model::GgufModel::is_model(&file) {
+                return Ok(Self::GgufModel(gguf_model::GgufModel::from_file(file)?));
             }
+            return Ok(Self::Gguf(file));
         }
         Ok(Self::Hf(hf::HfCheckpoint::open(path)?))
     }
@@ -182,15 +185,7 @@ impl Checkpoint {
             Self::Hf(hf) => hf.ternary(name),
             Self::Gguf(file) => file.ternary(name),
             // The model types read here hold no ternary tensors.
-            Self::GgufModel(model) => model.tensors().iter().find(|t| t.name == name).map_or_else(
-                || {
-                    Err(Error::NoSuchTensor {
-                        path: self.path(),
-                        tensor: name.to_owned(),
-                    })
-                },
-                |_| Ok(None),
-            ),
+            Self::GgufModel(model) => model.tensor(name).map(|_| None),
         }
     }
 

@@ -211,17 +211,6 @@ impl KvCache {
     }
 }
 
-/// Whether `path` is a file starting with the GGUF magic.
-pub(crate) fn is_gguf(path: &Path) -> bool {
-    use std::io::Read;
-    let mut magic = [0u8; 4];
-    path.is_file()
-        && std::fs::File::open(path)
-            .and_then(|mut f| f.read_exact(&mut magic))
-            .is_ok()
-        && &magic == b"GGUF"
-}
-
 /// A causal language model.
 pub struct CausalLm {
     config: ModelConfig,

@@ -103,7 +103,7 @@ impl Tokenizer {
     /// Loads the tokenizer of a model folder or of a `.gguf` file (recognised by its
     /// magic bytes).
     pub fn load(path: &Path) -> Result<Self> {
-        if crate::model::is_gguf(path) {
+        if bitnet_dequant::is_gguf(path) {
             Self::from_gguf(path)
         } else {
             Self::from_dir(path)

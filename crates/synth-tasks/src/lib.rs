@@ -267,14 +267,13 @@ pub fn extract(output: &str, extraction: Extraction, reference: &str) -> String 
     if let Some(boxed) = last_boxed(output) {
         return boxed;
     }
-    let lower = output.to_lowercase();
+    // ASCII lower-casing keeps every byte offset, so positions carry over to `output`.
+    let lower = output.to_ascii_lowercase();
     let marker = ["answer:", "answer is"]
         .iter()
         .filter_map(|m| lower.rfind(m).map(|at| at + m.len()))
         .max();
-    // Lower-casing can change byte lengths outside ASCII; only use the position when
-    // it falls on a boundary of the original.
-    if let Some(at) = marker.filter(|&at| output.is_char_boundary(at)) {
+    if let Some(at) = marker {
         let rest = output[at..].trim_start_matches([' ', ':', '*']);
         // Markdown emphasis and a closing period are not part of the answer.
         let line = rest
@@ -322,6 +321,10 @@ fn last_boxed(text: &str) -> Option<String> {
 /// decimal like `3.5` is not an integer and is skipped).
 fn last_integer(text: &str) -> Option<String> {
     let chars: Vec<char> = text.chars().collect();
+    let digit_at = |at: usize| chars.get(at).is_some_and(char::is_ascii_digit);
+    // `,` followed by exactly three digits.
+    let thousands_separator =
+        |at: usize| chars[at] == ',' && (1..=3).all(|k| digit_at(at + k)) && !digit_at(at + 4);
     let mut found = None;
     let mut i = 0;
     while i < chars.len() {
@@ -335,18 +338,7 @@ fn last_integer(text: &str) -> Option<String> {
         while i < chars.len() {
             if chars[i].is_ascii_digit() {
                 digits.push(chars[i]);
-            } else if chars[i] == ','
-                && i + 3 < chars.len() + 1
-                && chars[i + 1..]
-                    .iter()
-                    .take(3)
-                    .filter(|c| c.is_ascii_digit())
-                    .count()
-                    == 3
-                && chars.get(i + 4).is_none_or(|c| !c.is_ascii_digit())
-            {
-                // A thousands separator: exactly three digits follow.
-            } else {
+            } else if !thousands_separator(i) {
                 break;
             }
             i += 1;
