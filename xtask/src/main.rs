@@ -3,7 +3,8 @@
 //! * `setup` installs libtorch 2.11.0 (from the PyPI `torch==2.11.0` wheel) into a
 //!   per-user cache and links it at `.libtorch` in the repository.
 //! * `test` runs set-up if needed, then formatting, lints, docs and the whole test suite.
-//! * `phase7` runs the whole pipeline on the embedded default model, offline.
+//! * `phase7` runs the whole pipeline on the embedded default model, offline;
+//!   `check-report RUN` opens its `report.html` in headless Chromium.
 //! * `fetch-model NAME` fetches a real pretrained model (SmolLM2-135M-Instruct, GGUF) into
 //!   the per-user cache, verified; `test --real-models` runs the opt-in checks on it.
 //! * `bench <name>` runs a benchmark that compares against a Python peer side by side.
@@ -79,6 +80,14 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Open a run's report.html in headless Chromium (Debian's package, installed when
+    /// missing and root) and fail on any console message, a figure that draws nothing
+    /// or a broken image.
+    CheckReport {
+        /// The run directory.
+        #[arg(default_value = "runs/default-seed0")]
+        run: PathBuf,
+    },
     /// Set up if needed, then: fmt --check, clippy -D warnings, docs, all tests.
     Test {
         /// Instead of the suite, the opt-in checks on real pretrained models: fetches
@@ -125,6 +134,7 @@ fn main() -> ExitCode {
             models::fetch(&name).map(|path| println!("{}", path.display()))
         }
         Command::Phase7 { args } => phase7::run(&root, &args),
+        Command::CheckReport { run } => phase7::check_report(&root, &run),
         Command::Bench { name } => bench::run(&root, &name),
         Command::MakeDefaultModel { test_size, extra } => {
             default_model::run(&root, test_size, &extra)

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use self_eval::mixture::{BoundsRule, ProblemConfig};
 use self_eval::search::SearchConfig;
 use self_eval::selftest::SelfTestConfig;
-use self_eval::{ExpertConfig, PlannerConfig, ProfileConfig};
+use self_eval::{ExpertConfig, PlannerConfig, ProfileConfig, SpecConfig, ValidationConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -30,6 +30,8 @@ pub struct Config {
     pub profile: ProfileConfig,
     /// Stage 1: the expert plan.
     pub planner: PlannerSection,
+    /// Stage 1: dataset specs and validated training problems.
+    pub data: DataSection,
     /// Stage 2: training each expert.
     pub training: TrainingSection,
     /// Stage 3: the mixture search.
@@ -42,11 +44,20 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelSection {
-    /// Hugging Face folder of the Phase 6 model. Default `assets/default-model` (the
-    /// embedded default model, relative to the working directory).
+    /// The Phase 6 model: a Hugging Face folder (BitNet packed or float) or a
+    /// llama-family `.gguf` file. Default `assets/default-model` (the embedded default
+    /// model, relative to the working directory).
     pub path: PathBuf,
-    /// The Phase 6 handoff JSON; default `phase6_handoff.json` in the model folder.
+    /// The Phase 6 handoff JSON. Default: `phase6_handoff.json` in the model folder when
+    /// it exists; a model without one (a GGUF file, a downloaded checkpoint) runs with
+    /// the absence recorded and the behaviour baselines measured by this run. A file
+    /// named here must exist and carry the required fields.
     pub handoff: Option<PathBuf>,
+    /// R2's fallback: a pre-quantization checkpoint (folder or `.gguf`) used as the
+    /// float model when the dequantized one agrees with the quantized forward on fewer
+    /// than `dequantize.min_top1_agreement` of top-1 tokens. Default none: the run stops
+    /// there.
+    pub fallback: Option<PathBuf>,
 }
 
 impl Default for ModelSection {
@@ -54,6 +65,7 @@ impl Default for ModelSection {
         Self {
             path: PathBuf::from("assets/default-model"),
             handoff: None,
+            fallback: None,
         }
     }
 }
@@ -79,8 +91,8 @@ impl Default for BudgetSection {
     }
 }
 
-/// R2. (Falling back to a pre-quantization checkpoint when agreement is short is not
-/// in this build: the run stops there.)
+/// R2: the float model's check against the quantized forward (`model.fallback` says
+/// what happens when it falls short).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DequantizeSection {
@@ -122,14 +134,45 @@ impl Default for PlannerSection {
     }
 }
 
+/// Stage 1's data: a spec per planned expert and its problems, each validated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataSection {
+    /// How many problems each expert gets and at which difficulty (from the profile).
+    /// `confidence_band` and `learning_zone` are also validation's band and zone.
+    pub spec: SpecConfig,
+    /// Per-problem validation. Its `band`, `learning_zone` and `seed` are set from
+    /// `spec` and the run's seed; other fields as documented there.
+    pub validation: ValidationConfig,
+    /// Train-split alignment pairs behind the alignment direction each problem's
+    /// gradient is compared with. Default 64.
+    pub alignment_items: usize,
+    /// Held-out problems per domain (at its profiled and its learning-zone difficulty)
+    /// that no training problem may duplicate or nearly duplicate. Default 300.
+    pub held_out_per_domain: usize,
+    /// Fewest accepted problems an expert may train on; fewer stop the run with the
+    /// validation report named. Default 32.
+    pub min_problems: usize,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        Self {
+            spec: SpecConfig::default(),
+            validation: ValidationConfig::default(),
+            alignment_items: 64,
+            held_out_per_domain: 300,
+            min_problems: 32,
+        }
+    }
+}
+
 /// Stage 2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainingSection {
     /// One expert's training.
     pub expert: ExpertConfig,
-    /// Training problems per expert, split evenly over its domains. Default 512.
-    pub train_problems: usize,
     /// Validation problems per expert. Default 200.
     pub validation_problems: usize,
     /// Held-out problems per domain for the before/after report. Default 100.
@@ -142,7 +185,6 @@ impl Default for TrainingSection {
     fn default() -> Self {
         Self {
             expert: ExpertConfig::default(),
-            train_problems: 512,
             validation_problems: 200,
             held_out: 100,
             suite_items: 64,
@@ -208,6 +250,7 @@ impl Default for Config {
             model: ModelSection::default(),
             budget: BudgetSection::default(),
             dequantize: DequantizeSection::default(),
+            data: DataSection::default(),
             profile: ProfileConfig::default(),
             planner: PlannerSection::default(),
             training: TrainingSection::default(),
@@ -231,7 +274,10 @@ impl Config {
                 config.preset = "quick".into();
                 config.training.expert.trainer.epochs = 4;
                 config.training.expert.trainer.patience = 2;
-                config.training.train_problems = 256;
+                config.data.spec.min_examples = 100;
+                config.data.spec.max_examples = 200;
+                config.data.validation.max_candidates_factor = 2.0;
+                config.data.held_out_per_domain = 100;
                 config.training.validation_problems = 96;
                 config.training.held_out = 50;
                 config.training.suite_items = 32;
@@ -294,6 +340,15 @@ impl Config {
         toml::to_string_pretty(self).map_err(|e| Error::Config(e.to_string()))
     }
 
+    /// Whether the model (and the fallback, when set) exist and look like models.
+    pub fn check_model(&self) -> Result<()> {
+        check_model_path("model.path", &self.model.path)?;
+        if let Some(fallback) = &self.model.fallback {
+            check_model_path("model.fallback", fallback)?;
+        }
+        Ok(())
+    }
+
     /// Settings that cannot work.
     pub fn check(&self) -> Result<()> {
         let d = &self.dequantize;
@@ -315,8 +370,25 @@ impl Config {
                 self.budget.usd
             )));
         }
+        let spec = &self.data.spec;
+        if spec.min_examples == 0 || spec.min_examples > spec.max_examples {
+            return Err(Error::Config(format!(
+                "data.spec.min_examples is {} and data.spec.max_examples {}: expected 1 <= min <= max",
+                spec.min_examples, spec.max_examples
+            )));
+        }
+        for (name, [low, high]) in [
+            ("data.spec.confidence_band", spec.confidence_band),
+            ("data.spec.learning_zone", spec.learning_zone),
+        ] {
+            if !(0.0..=1.0).contains(&low) || !(low..=1.0).contains(&high) {
+                return Err(Error::Config(format!(
+                    "{name} is [{low}, {high}], expected 0 <= low <= high <= 1"
+                )));
+            }
+        }
         for (name, n) in [
-            ("training.train_problems", self.training.train_problems),
+            ("data.min_problems", self.data.min_problems),
             (
                 "training.validation_problems",
                 self.training.validation_problems,
@@ -330,6 +402,25 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// Checks that `path` (the value of the setting `key`) is a model: a folder with a
+/// `config.json`, or a GGUF file.
+pub fn check_model_path(key: &str, path: &Path) -> Result<()> {
+    let problem = if path.is_dir() {
+        (!path.join("config.json").is_file()).then_some("a folder without config.json")
+    } else if path.is_file() {
+        (!bitnet_dequant::is_gguf(path)).then_some("a file that is not GGUF (no GGUF magic)")
+    } else {
+        Some("not found")
+    };
+    match problem {
+        None => Ok(()),
+        Some(what) => Err(Error::Input(format!(
+            "{key} = {}: {what}; expected a Hugging Face model folder (config.json, weights, tokenizer.json) or a llama-family .gguf file",
+            path.display()
+        ))),
     }
 }
 

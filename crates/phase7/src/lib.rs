@@ -8,10 +8,11 @@
 //! 1. `handoff` (R1): the Phase 6 handoff's fields, what is missing;
 //! 2. `dequantize` (R2): float32 checkpoint and its top-1 agreement with the quantized
 //!    forward (at least 99%, else the run stops);
-//! 3. `profile`, `plan` (stage 1): the capability profile, then the expert plan from
-//!    policy-gradient similarity (the model's own measurements decide N);
-//! 4. `expert-K` (stage 2): each planned expert trained with REINFORCE + KL, the
-//!    behaviour gate checking every epoch;
+//! 3. `profile`, `plan`, `data` (stage 1): the capability profile, the expert plan from
+//!    policy-gradient similarity (the model's own measurements decide N), then a
+//!    dataset spec per expert and its problems, each validated;
+//! 4. `expert-K` (stage 2): each planned expert trained on its validated problems
+//!    with REINFORCE + KL, the behaviour gate checking every epoch;
 //! 5. `search`, `validate`, `export` (stage 3): guided NSGA-II over mixtures, the final
 //!    self-test with Pareto fallback and dispatch, the Phase 8 handoff.
 //!
@@ -28,6 +29,7 @@
 //! ```
 #![doc(test(attr(deny(warnings))))]
 
+pub mod charts;
 pub mod config;
 pub mod report;
 pub mod run;
@@ -84,7 +86,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// The stages of a run for `experts` planned experts, in order.
 pub fn stage_names(experts: usize) -> Vec<String> {
-    let mut names: Vec<String> = ["handoff", "dequantize", "profile", "plan"]
+    let mut names: Vec<String> = ["handoff", "dequantize", "profile", "plan", "data"]
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
@@ -110,14 +112,23 @@ fn stage_inputs(
     let dir = |s: &str| run.stage_dir(s);
     let seed = config.seed;
     Ok(match stage {
-        "handoff" => (value(serde_json::to_value(&config.model))?, vec![]),
+        "handoff" => {
+            let beside = config.model.path.join("phase6_handoff.json");
+            let handoff = config.model.handoff.clone().unwrap_or(beside);
+            (
+                value(serde_json::to_value(&config.model))?,
+                vec![handoff].into_iter().filter(|p| p.is_file()).collect(),
+            )
+        }
         "dequantize" => (
             value(serde_json::to_value((
                 &config.model,
                 &config.dequantize,
                 seed,
             )))?,
-            vec![model],
+            std::iter::once(model)
+                .chain(config.model.fallback.clone())
+                .collect(),
         ),
         "profile" => (
             value(serde_json::to_value((&config.profile, seed)))?,
@@ -133,6 +144,14 @@ fn stage_inputs(
                 seed,
             )))?,
             vec![float, dir("profile")],
+        ),
+        "data" => (
+            value(serde_json::to_value((
+                &config.data,
+                &config.training.expert,
+                seed,
+            )))?,
+            vec![float, dir("profile"), dir("plan")],
         ),
         "search" | "validate" | "export" => {
             let mut inputs = vec![float, dir("profile"), dir("plan")];
@@ -155,7 +174,7 @@ fn stage_inputs(
         }
         expert if expert.starts_with("expert-") => (
             value(serde_json::to_value((&config.training, seed)))?,
-            vec![float, dir("profile"), dir("plan")],
+            vec![float, dir("profile"), dir("plan"), dir("data")],
         ),
         other => return Err(Error::Input(format!("unknown stage `{other}`"))),
     })
@@ -173,10 +192,11 @@ pub fn run_stage(run: &RunDir, config: &Config, stage: &str, log: stages::Log<'_
     let started = Instant::now();
     let dir = run.clear_stage(stage)?;
     match stage {
-        "handoff" => stages::check_handoff(config, &dir)?,
+        "handoff" => stages::check_handoff(config, &dir, log)?,
         "dequantize" => stages::dequantize(config, &dir, log)?,
         "profile" => stages::profile_stage(run, config, &dir, log)?,
         "plan" => stages::plan_stage(run, config, &dir, log)?,
+        "data" => stages::data_stage(run, config, &dir, log)?,
         "search" => stages::search_stage(run, config, &dir, log)?,
         "validate" => stages::validate_stage(run, config, &dir, log)?,
         "export" => stages::export_stage(run, config, &dir, log)?,
@@ -199,6 +219,8 @@ pub fn run_stage(run: &RunDir, config: &Config, stage: &str, log: stages::Log<'_
 
 /// Runs every stage in order (skipping finished ones) within the wall-time budget.
 pub fn run_pipeline(run: &RunDir, config: &Config, log: stages::Log<'_>) -> Result<()> {
+    config.check()?;
+    config.check_model()?;
     let started = Instant::now();
     let budget = config.budget.wall_minutes * 60.0;
     let mut index = 0;
@@ -224,6 +246,10 @@ pub fn run_pipeline(run: &RunDir, config: &Config, log: stages::Log<'_>) -> Resu
         index += 1;
     }
     report::write_report(run)?;
-    log(&format!("report: {}", run.root.join("report.md").display()));
+    log(&format!(
+        "report: {} and {}",
+        run.root.join("report.md").display(),
+        run.root.join("report.html").display()
+    ));
     Ok(())
 }

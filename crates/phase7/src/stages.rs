@@ -11,9 +11,10 @@ use self_eval::planner::measure_domains;
 use self_eval::profile::{Profile, distinct_problems, recorded_difficulties};
 use self_eval::search::{CurvePoint, GuidanceRecord, Hooks, SearchOutcome, search};
 use self_eval::selftest::{HeldOut, SelfTest, self_test};
+use self_eval::validate::{ModelChecks, held_out_index, synth_candidates};
 use self_eval::{
-    Answerer, DataSizes, ExpertData, PlanRecord, new_policy, plan, profile, train_expert,
-    write_json, write_text,
+    Answerer, DataSizes, ExpertData, PlanRecord, ValidationConfig, build_dataset, dataset_specs,
+    new_policy, plan, profile, train_expert, write_json, write_text,
 };
 use svf::{Decomposition, Expert, Selection};
 use synth_tasks::{Domain, Split};
@@ -44,12 +45,31 @@ fn load_float(run: &RunDir) -> Result<(lm::CausalLm, lm::Tokenizer)> {
 }
 
 /// R1: the Phase 6 handoff's fields, what is missing, and its numbers.
-pub fn check_handoff(config: &Config, dir: &Path) -> Result<()> {
-    let path = config
-        .model
-        .handoff
-        .clone()
-        .unwrap_or_else(|| config.model.path.join("phase6_handoff.json"));
+pub fn check_handoff(config: &Config, dir: &Path, log: Log<'_>) -> Result<()> {
+    let path = match &config.model.handoff {
+        Some(path) => path.clone(),
+        None => {
+            let beside = config.model.path.join("phase6_handoff.json");
+            if !beside.is_file() {
+                write_json(
+                    &dir.join("check.json"),
+                    &serde_json::json!({
+                        "handoff": null,
+                        "missing_required": ["the Phase 6 handoff file"],
+                        "missing_optional": [],
+                        "note": "no phase6_handoff.json beside the model and none configured (model.handoff): \
+                                 the Phase 6 numbers are unknown; this run measures its own behaviour baselines",
+                    }),
+                )?;
+                log(&format!(
+                    "handoff: none beside {} (model.handoff unset): recorded as missing; behaviour baselines come from this run's own measurements",
+                    config.model.path.display()
+                ));
+                return Ok(());
+            }
+            beside
+        }
+    };
     let value: serde_json::Value = read_json(&path)?;
     let required = [
         "/model",
@@ -113,12 +133,7 @@ pub fn dequantize(config: &Config, dir: &Path, log: Log<'_>) -> Result<()> {
         &mut bitnet_dequant::convert::NoProgress,
     )
     .map_err(|e| io_error(&config.model.path, e))?;
-    for name in ["recipe.json", "phase6_handoff.json"] {
-        let source = config.model.path.join(name);
-        if source.is_file() {
-            std::fs::copy(&source, out.join(name)).map_err(|e| io_error(&source, e))?;
-        }
-    }
+    copy_beside(&config.model.path, &out)?;
     let quantized = lm::CausalLm::load(&config.model.path, Device::Cpu, Kind::Float)?;
     let float = lm::CausalLm::load(&out, Device::Cpu, Kind::Float)?;
     let tokenizer = lm::Tokenizer::from_dir(&out)?;
@@ -138,6 +153,27 @@ pub fn dequantize(config: &Config, dir: &Path, log: Log<'_>) -> Result<()> {
         "dequantize: {} tensors in {:.1} s; top-1 agreement {agreement:.4} over {positions} positions (need {:.2})",
         report.tensors, report.seconds, config.dequantize.min_top1_agreement
     ));
+    let fallback = match (&config.model.fallback, passed) {
+        (Some(fallback), false) => {
+            // R2: the pre-quantization checkpoint replaces the failed float model.
+            std::fs::remove_dir_all(&out).map_err(|e| io_error(&out, e))?;
+            bitnet_dequant::convert::convert(
+                fallback,
+                &out,
+                &bitnet_dequant::convert::ConvertOptions::default(),
+                &mut bitnet_dequant::convert::NoProgress,
+            )
+            .map_err(|e| io_error(fallback, e))?;
+            copy_beside(fallback, &out)?;
+            log(&format!(
+                "dequantize: agreement short of {:.2}: using the pre-quantization checkpoint {} (model.fallback)",
+                config.dequantize.min_top1_agreement,
+                fallback.display()
+            ));
+            Some(fallback.clone())
+        }
+        _ => None,
+    };
     write_json(
         &dir.join("verify.json"),
         &serde_json::json!({
@@ -146,16 +182,30 @@ pub fn dequantize(config: &Config, dir: &Path, log: Log<'_>) -> Result<()> {
             "prompts": probes.len(),
             "required": config.dequantize.min_top1_agreement,
             "passed": passed,
+            "float_model": if fallback.is_some() { "fallback" } else { "dequantized" },
+            "fallback": fallback,
         }),
     )?;
-    if !passed {
+    if !passed && fallback.is_none() {
         return Err(Error::Input(format!(
             "{}: the dequantized model agrees with the quantized forward on {:.2}% of top-1 tokens, below {:.2}%; \
-             check the checkpoint (falling back to a pre-quantization checkpoint is not in this build)",
+             check the checkpoint, or give a pre-quantization checkpoint as model.fallback",
             config.model.path.display(),
             100.0 * agreement,
             100.0 * config.dequantize.min_top1_agreement
         )));
+    }
+    Ok(())
+}
+
+/// Copies the files the later stages read from beside a model folder (the recipe's
+/// difficulties, the Phase 6 handoff) into the float model's folder.
+fn copy_beside(model: &Path, out: &Path) -> Result<()> {
+    for name in ["recipe.json", "phase6_handoff.json"] {
+        let source = model.join(name);
+        if source.is_file() {
+            std::fs::copy(&source, out.join(name)).map_err(|e| io_error(&source, e))?;
+        }
     }
     Ok(())
 }
@@ -211,6 +261,128 @@ pub fn plan_stage(run: &RunDir, config: &Config, dir: &Path, log: Log<'_>) -> Re
     Ok(())
 }
 
+/// The file of expert `k`'s validated problems (JSON lines).
+pub fn dataset_path(run: &RunDir, k: usize) -> PathBuf {
+    run.stage_dir("data").join(format!("dataset_{k}.jsonl"))
+}
+
+/// Stage 1: a dataset spec per planned expert and its problems, each validated
+/// (solver, duplicates, held-out overlap, pass rate in the band, alignment direction);
+/// too few accepted problems stop the run with the report named.
+pub fn data_stage(run: &RunDir, config: &Config, dir: &Path, log: Log<'_>) -> Result<()> {
+    let (mut model, tokenizer) = load_float(run)?;
+    let profile: Profile = read_json(&run.stage_dir("profile").join("profile.json"))?;
+    let record: PlanRecord = read_json(&run.stage_dir("plan").join("plan.json"))?;
+    let d = &config.data;
+    let specs = dataset_specs(&record.plan, &profile, &d.spec)?;
+    write_json(&dir.join("specs.json"), &specs)?;
+    let decomposition = Decomposition::compute(&mut model, &Selection::mlp(), false)?;
+    let mut policy = new_policy(
+        model,
+        &tokenizer,
+        decomposition,
+        "validator",
+        &config.training.expert,
+    )?;
+    let format = eudaimonia_gate::PromptFormat::Raw;
+    let alignment_gradient = self_eval::gradients::alignment_gradient(
+        &mut policy,
+        &tokenizer,
+        &format,
+        d.alignment_items,
+        config.seed ^ 0xa1,
+    )?;
+    let held_out = held_out_index(
+        &|domain| {
+            profile
+                .domain(domain)
+                .map_or(vec![1], |p| vec![p.difficulty, p.learning_zone_difficulty])
+        },
+        d.held_out_per_domain,
+        config.seed,
+    );
+    let validation = ValidationConfig {
+        band: d.spec.confidence_band,
+        learning_zone: d.spec.learning_zone,
+        seed: config.seed,
+        ..d.validation.clone()
+    };
+    let mut checks = ModelChecks {
+        policy: &mut policy,
+        tokenizer: &tokenizer,
+        format,
+        alignment_gradient,
+    };
+    for (k, spec) in specs.iter().enumerate() {
+        let started = Instant::now();
+        let mut rng = synth_tasks::Rng::new(config.seed ^ 0xda7a ^ spec.expert_id as u64);
+        let mut source = |n: usize| synth_candidates(spec, n, &mut rng);
+        let (kept, report) = build_dataset(&mut checks, spec, &mut source, &held_out, &validation)?;
+        let report_path = dir.join(format!("dataset_{k}.report.json"));
+        write_json(&report_path, &report)?;
+        let lines: Vec<String> = kept
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| Error::Input(e.to_string()))?;
+        write_text(&dataset_path(run, k), &(lines.join("\n") + "\n"))?;
+        let mut reasons: Vec<(&String, &usize)> = report.rejections.iter().collect();
+        reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let reasons: Vec<String> = reasons
+            .iter()
+            .take(3)
+            .map(|(r, n)| format!("{r}: {n}"))
+            .collect();
+        log(&format!(
+            "data {k} `{}`: {} of {} wanted accepted from {} candidates (first batch {:.2}), expected accuracy {:.3}{}; rejected: {} ({:.1} s)",
+            spec.expert_name,
+            report.accepted,
+            report.wanted,
+            report.validated,
+            report.initial_acceptance_rate,
+            report.expected_accuracy,
+            if report.in_learning_zone {
+                " (in the zone)"
+            } else {
+                ""
+            },
+            if reasons.is_empty() {
+                "none".to_owned()
+            } else {
+                reasons.join(", ")
+            },
+            started.elapsed().as_secs_f64()
+        ));
+        if report.accepted < d.min_problems {
+            return Err(Error::Input(format!(
+                "{}: only {} problems of expert {k} `{}` passed validation, fewer than data.min_problems = {}; \
+                 the model solves too few of them within data.spec.confidence_band {:?} (rejections: {})",
+                report_path.display(),
+                report.accepted,
+                spec.expert_name,
+                d.min_problems,
+                d.spec.confidence_band,
+                reasons.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Expert `k`'s validated training problems.
+pub fn read_dataset(run: &RunDir, k: usize) -> Result<Vec<synth_tasks::Problem>> {
+    let path = dataset_path(run, k);
+    let text = std::fs::read_to_string(&path).map_err(|e| io_error(&path, e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map_err(|e| io_error(&path, format!("line {}: not a problem: {e}", i + 1)))
+        })
+        .collect()
+}
+
 /// The plan's experts as the search sees them.
 pub fn roles(run: &RunDir) -> Result<Vec<ExpertRole>> {
     let record: PlanRecord = read_json(&run.stage_dir("plan").join("plan.json"))?;
@@ -262,18 +434,25 @@ pub fn train_stage(
         .map(|d| domain_of(d))
         .collect::<Result<_>>()?;
     let reported: Vec<Domain> = profile.domains.iter().map(|p| p.domain).collect();
-    let data = ExpertData::synth(
+    // Validation and held-out problems come straight from the generators (train and
+    // held-out splits); training problems are stage 1's validated dataset.
+    let mut data = ExpertData::synth(
         &domains,
         &reported,
         &difficulty,
         DataSizes {
-            train: t.train_problems,
+            train: 0,
             validation: t.validation_problems,
             held_out: t.held_out,
         },
         config.seed ^ k as u64,
         config.seed ^ 0x4e1d,
     );
+    data.train = read_dataset(run, k)?;
+    let train_prompts: std::collections::HashSet<&str> =
+        data.train.iter().map(|p| p.prompt.as_str()).collect();
+    data.validation
+        .retain(|p| !train_prompts.contains(p.prompt.as_str()));
     let suites: Vec<Suite> = Suite::synth_all(t.suite_items, Split::HeldOut, config.seed ^ 0x5);
     let gate = Gate::capture(
         &model,

@@ -21,7 +21,14 @@ fn tiny_config() -> Config {
     c.profile.sweep_problems = 8;
     c.planner.gradient_problems = 4;
     c.planner.samples = 2;
-    c.training.train_problems = 16;
+    c.data.spec.min_examples = 16;
+    c.data.spec.max_examples = 24;
+    c.data.min_problems = 4;
+    c.data.held_out_per_domain = 16;
+    c.data.alignment_items = 4;
+    c.data.validation.samples = 2;
+    // Two samples give pass rates 0, 0.5 or 1: keep every one.
+    c.data.spec.confidence_band = [0.0, 1.0];
     c.training.validation_problems = 8;
     c.training.held_out = 8;
     c.training.suite_items = 4;
@@ -64,12 +71,53 @@ fn a_tiny_run_goes_end_to_end_and_resumes_by_skipping() {
     let report = std::fs::read_to_string(run.root.join("report.md")).unwrap();
     for section in [
         "## Stages",
+        "## Validated training data",
         "## Capability before and after",
         "## Expert 0",
-        "## Search",
+        "## Mixture search",
         "## Dispatch",
     ] {
         assert!(report.contains(section), "{section} missing:\n{report}");
+    }
+    // Every figure the Markdown links exists, and the HTML carries each inline.
+    let html = std::fs::read_to_string(run.root.join("report.html")).unwrap();
+    let linked: Vec<&str> = report
+        .match_indices("](report/")
+        .map(|(i, _)| &report[i + 2..i + 2 + report[i + 2..].find(')').unwrap()])
+        .collect();
+    for name in ["time", "capability", "expert-0", "hypervolume", "front"] {
+        assert!(
+            linked.contains(&format!("report/{name}.svg").as_str()),
+            "{name}"
+        );
+        assert!(
+            html.contains(&format!("<figure id=\"{name}\">\n<svg")),
+            "{name}"
+        );
+    }
+    for file in &linked {
+        let svg = std::fs::read_to_string(run.root.join(file)).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("</svg>"), "{file}");
+    }
+    assert_eq!(html.matches("<figure").count(), linked.len());
+    assert!(!html.contains("<script") && !html.contains("src=\"http"));
+    // Each expert trained on its validated dataset.
+    for k in 0..experts {
+        let lines = std::fs::read_to_string(run.root.join(format!("data/dataset_{k}.jsonl")))
+            .unwrap()
+            .lines()
+            .count();
+        let report: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(run.root.join(format!("data/dataset_{k}.report.json")))
+                .unwrap(),
+        )
+        .unwrap();
+        let (accepted, wanted) = (
+            report["accepted"].as_u64().unwrap(),
+            report["wanted"].as_u64().unwrap(),
+        );
+        assert_eq!(lines as u64, accepted.min(wanted), "{report}");
+        assert!(lines >= config.data.min_problems);
     }
 
     // Nothing changed: every stage is skipped.
@@ -88,7 +136,7 @@ fn a_tiny_run_goes_end_to_end_and_resumes_by_skipping() {
     let mut third = Vec::new();
     run_pipeline(&run, &changed, &mut |l: &str| third.push(l.to_owned())).unwrap();
     let skipped: Vec<&String> = third.iter().filter(|l| l.ends_with("skipped")).collect();
-    assert_eq!(skipped.len(), 4 + experts, "{third:#?}");
+    assert_eq!(skipped.len(), 5 + experts, "{third:#?}");
     assert!(third.iter().any(|l| l.starts_with("search: done")));
 
     // A damaged output is noticed and its stage runs again.
@@ -142,4 +190,117 @@ fn bad_input_is_named() {
         .unwrap_err()
         .to_string();
     assert!(message.contains("file"), "{message}");
+}
+
+#[test]
+fn short_agreement_falls_back_to_the_pre_quantization_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let fallback = dir.path().join("fallback");
+    bitnet_dequant::convert::convert(
+        &test_model(),
+        &fallback,
+        &bitnet_dequant::convert::ConvertOptions::default(),
+        &mut bitnet_dequant::convert::NoProgress,
+    )
+    .unwrap();
+    // The test model's float export agrees on fewer than all top-1 tokens, so a
+    // requirement of 1.0 is not met.
+    let mut config = tiny_config();
+    config.dequantize.min_top1_agreement = 1.0;
+    let run = RunDir::create(&dir.path().join("run")).unwrap();
+    let message = run_stage(&run, &config, "dequantize", &mut |_: &str| {})
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("model.fallback"), "{message}");
+    assert!(!run.manifest().unwrap().stages.contains_key("dequantize"));
+
+    config.model.fallback = Some(fallback.clone());
+    let mut lines = Vec::new();
+    run_stage(&run, &config, "dequantize", &mut |l: &str| {
+        lines.push(l.to_owned())
+    })
+    .unwrap();
+    let verify: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.root.join("dequantize/verify.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(verify["passed"], false, "{verify}");
+    assert_eq!(verify["float_model"], "fallback", "{verify}");
+    assert!(
+        lines.iter().any(|l| l.contains("pre-quantization")),
+        "{lines:#?}"
+    );
+    assert_eq!(
+        std::fs::read(run.root.join("dequantize/model/model.safetensors")).unwrap(),
+        std::fs::read(fallback.join("model.safetensors")).unwrap()
+    );
+}
+
+#[test]
+fn a_gguf_model_runs_without_a_phase6_handoff() {
+    let gguf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../lm/tests/fixtures/gguf/tiny.gguf");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_config();
+    config.model.path = gguf;
+    config.check_model().unwrap();
+    let run = RunDir::create(&dir.path().join("run")).unwrap();
+    let mut lines = Vec::new();
+    for stage in ["handoff", "dequantize"] {
+        run_stage(&run, &config, stage, &mut |l: &str| {
+            lines.push(l.to_owned())
+        })
+        .unwrap();
+    }
+    let check: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.root.join("handoff/check.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(check["handoff"].is_null(), "{check}");
+    assert!(lines[0].contains("none beside"), "{lines:#?}");
+    let verify: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.root.join("dequantize/verify.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(verify["top1_agreement"], 1.0, "{verify}");
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(
+            run.root.join("dequantize/model").join(file).is_file(),
+            "{file}"
+        );
+    }
+}
+
+#[test]
+fn a_corrupt_checkpoint_or_model_path_is_named_and_nothing_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    for entry in std::fs::read_dir(test_model()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), model.join(entry.file_name())).unwrap();
+    }
+    let weights = model.join("model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    let mut config = tiny_config();
+    config.model.path = model.clone();
+    let run = RunDir::create(&dir.path().join("run")).unwrap();
+    let message = run_pipeline(&run, &config, &mut |_: &str| {})
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("model.safetensors"), "{message}");
+    assert!(!run.manifest().unwrap().stages.contains_key("dequantize"));
+
+    // Not a model at all: a text file, a folder without config.json.
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "hello").unwrap();
+    config.model.path = text;
+    let message = config.check_model().unwrap_err().to_string();
+    assert!(
+        message.contains("model.path") && message.contains("notes.txt") && message.contains("GGUF"),
+        "{message}"
+    );
+    config.model.path = dir.path().to_path_buf();
+    let message = config.check_model().unwrap_err().to_string();
+    assert!(message.contains("without config.json"), "{message}");
 }

@@ -14,7 +14,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Parser;
 use eudaimonia_gate::{Gate, GateConfig, ScoreConfig, Suite};
-use self_eval::validate::{DuplicateIndex, ModelChecks, synth_candidates};
+use self_eval::validate::{ModelChecks, held_out_index, synth_candidates};
 use self_eval::{
     DatasetReport, ExpertConfig, ExpertData, PlannerConfig, ProfileConfig, SpecConfig,
     ValidationConfig, build_dataset, dataset_specs, new_policy, plan, profile, train_expert,
@@ -105,34 +105,18 @@ fn main() -> anyhow::Result<()> {
     write_json(&args.out.join("specs.json"), &specs)?;
 
     // Alignment direction at the initial z, from train-split alignment items.
-    let alignment_items: Vec<(Vec<i64>, Vec<i64>, Vec<i64>)> = Suite::synth(
-        synth_tasks::Suite::Alignment,
+    let alignment_gradient = self_eval::gradients::alignment_gradient(
+        &mut policy,
+        &tokenizer,
+        &format,
         64,
-        Split::Train,
         args.seed ^ 0xa1,
-    )
-    .items
-    .iter()
-    .map(|i| {
-        Ok((
-            tokenizer.encode(&format.render(&i.prompt), false)?,
-            tokenizer.encode(&i.preferred, false)?,
-            tokenizer.encode(&i.rejected, false)?,
-        ))
-    })
-    .collect::<lm::Result<_>>()?;
-    let alignment_gradient =
-        self_eval::gradients::preference_gradient(&mut policy, &alignment_items)?;
-    let held_out_prompts: Vec<String> = Domain::ALL
-        .iter()
-        .flat_map(|&d| {
-            let difficulty = profile_config.difficulties.get(&d).copied().unwrap_or(1);
-            self_eval::profile::distinct_problems(d, difficulty, Split::HeldOut, 300, args.seed)
-                .into_iter()
-                .map(|p| p.prompt)
-        })
-        .collect();
-    let held_out = DuplicateIndex::held_out(held_out_prompts.iter().map(String::as_str));
+    )?;
+    let held_out = held_out_index(
+        &|d| vec![profile_config.difficulties.get(&d).copied().unwrap_or(1)],
+        300,
+        args.seed,
+    );
     let validation_config = ValidationConfig {
         band: [args.band[0], args.band[1]],
         seed: args.seed,

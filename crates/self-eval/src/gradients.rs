@@ -116,6 +116,36 @@ pub fn preference_gradient<P: Policy>(
     Ok(gradient)
 }
 
+/// The alignment direction validation compares problems with: the gradient of the
+/// alignment suite's mean margin ([`preference_gradient`]) over `items` train-split
+/// alignment pairs (seeded), rendered in `format`.
+pub fn alignment_gradient(
+    policy: &mut reinforce_kl::SvfPolicy,
+    tokenizer: &lm::Tokenizer,
+    format: &eudaimonia_gate::PromptFormat,
+    items: usize,
+    seed: u64,
+) -> Result<Vec<f32>> {
+    let suite = eudaimonia_gate::Suite::synth(
+        synth_tasks::Suite::Alignment,
+        items,
+        synth_tasks::Split::Train,
+        seed,
+    );
+    let encoded: Vec<(Vec<i64>, Vec<i64>, Vec<i64>)> = suite
+        .items
+        .iter()
+        .map(|i| {
+            Ok((
+                tokenizer.encode(&format.render(&i.prompt), false)?,
+                tokenizer.encode(&i.preferred, false)?,
+                tokenizer.encode(&i.rejected, false)?,
+            ))
+        })
+        .collect::<lm::Result<_>>()?;
+    preference_gradient(policy, &encoded)
+}
+
 /// Cosine similarity (0 when either vector is zero).
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let (mut dot, mut na, mut nb) = (0.0f64, 0.0f64, 0.0f64);

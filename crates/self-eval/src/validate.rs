@@ -196,6 +196,29 @@ impl DuplicateIndex {
     }
 }
 
+/// The held-out prompts a dataset must not duplicate: `per_domain` held-out problems of
+/// every domain at each difficulty `difficulties(domain)` lists (seeded).
+pub fn held_out_index(
+    difficulties: &dyn Fn(Domain) -> Vec<u32>,
+    per_domain: usize,
+    seed: u64,
+) -> DuplicateIndex {
+    let prompts: Vec<String> = Domain::ALL
+        .iter()
+        .flat_map(|&d| {
+            let mut levels = difficulties(d);
+            levels.sort_unstable();
+            levels.dedup();
+            levels.into_iter().flat_map(move |level| {
+                crate::profile::distinct_problems(d, level, Split::HeldOut, per_domain, seed)
+                    .into_iter()
+                    .map(|p| p.prompt)
+            })
+        })
+        .collect();
+    DuplicateIndex::held_out(prompts.iter().map(String::as_str))
+}
+
 /// What validation needs of the model: the policy at the expert's initial z, its
 /// tokenizer and prompt format, and the alignment preference gradient there.
 pub struct ModelChecks<'a> {

@@ -1,7 +1,7 @@
 //! `phase7`: run the pipeline over a run directory.
 //!
 //! ```sh
-//! phase7 run [--config F] [--preset default|quick] [--model DIR] [--run-dir runs/ID]
+//! phase7 run [--config F] [--preset default|quick] [--model DIR|FILE.gguf] [--handoff F] [--run-dir runs/ID]
 //! phase7 resume RUN          # continue an interrupted run with its own config.toml
 //! phase7 status RUN          # stages done, their time and files
 //! phase7 report RUN          # report.md from the run's files
@@ -36,9 +36,16 @@ enum Command {
         /// A preset when no file is given: default or quick.
         #[arg(long, default_value = "default")]
         preset: String,
-        /// The Phase 6 model folder (overrides the configuration).
+        /// The Phase 6 model: a Hugging Face folder or a llama-family .gguf file
+        /// (overrides model.path).
         #[arg(long)]
         model: Option<PathBuf>,
+        /// The Phase 6 handoff JSON (overrides model.handoff).
+        #[arg(long)]
+        handoff: Option<PathBuf>,
+        /// R2's pre-quantization fallback checkpoint (overrides model.fallback).
+        #[arg(long)]
+        fallback: Option<PathBuf>,
         /// The run directory; default runs/<preset>-seed<seed>.
         #[arg(long)]
         run_dir: Option<PathBuf>,
@@ -56,14 +63,14 @@ enum Command {
         /// The run directory.
         run: PathBuf,
     },
-    /// Write the run's report.md from its files and print it.
+    /// Write the run's report.md, report.html and report/*.svg from its files; print the Markdown.
     Report {
         /// The run directory.
         run: PathBuf,
     },
     /// Run one stage of a run (its inputs must be done).
     Stage {
-        /// handoff, dequantize, profile, plan, expert-K, search, validate or export.
+        /// handoff, dequantize, profile, plan, data, expert-K, search, validate or export.
         name: String,
         /// The run directory.
         #[arg(long)]
@@ -96,6 +103,8 @@ fn main_result() -> phase7::Result<()> {
             config,
             preset,
             model,
+            handoff,
+            fallback,
             run_dir,
             seed,
         } => {
@@ -106,16 +115,17 @@ fn main_result() -> phase7::Result<()> {
             if let Some(model) = model {
                 config.model.path = model;
             }
+            if handoff.is_some() {
+                config.model.handoff = handoff;
+            }
+            if fallback.is_some() {
+                config.model.fallback = fallback;
+            }
             if let Some(seed) = seed {
                 config.seed = seed;
             }
             config.check()?;
-            if !config.model.path.join("config.json").is_file() {
-                return Err(phase7::Error::Input(format!(
-                    "{}: no config.json; expected a Hugging Face model folder",
-                    config.model.path.display()
-                )));
-            }
+            config.check_model()?;
             let root = run_dir.unwrap_or_else(|| {
                 PathBuf::from("runs").join(format!("{}-seed{}", config.preset, config.seed))
             });
@@ -176,7 +186,7 @@ fn main_result() -> phase7::Result<()> {
         }
         Command::Report { run } => {
             let run = RunDir::open(&run)?;
-            print!("{}", phase7::report::write_report(&run)?);
+            print!("{}", phase7::report::write_report(&run)?.markdown());
         }
         Command::Stage { name, run } => {
             let run = RunDir::open(&run)?;
