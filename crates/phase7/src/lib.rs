@@ -189,6 +189,7 @@ pub fn run_stage(run: &RunDir, config: &Config, stage: &str, log: stages::Log<'_
         log(&format!("{stage}: unchanged, skipped"));
         return Ok(false);
     }
+    log(&format!("{stage}: started"));
     let started = Instant::now();
     let dir = run.clear_stage(stage)?;
     match stage {

@@ -219,14 +219,21 @@ pub fn profile_stage(run: &RunDir, config: &Config, dir: &Path, log: Log<'_>) ->
     }
     profile_config.seed = config.seed;
     let answerer = Answerer::new(&model, &tokenizer, Default::default())?;
-    let measured = profile(&answerer, &profile_config)?;
+    let mut measured = profile(&answerer, &profile_config)?;
+    let seconds = measured.seconds;
+    // The wall time is a measurement of this execution, kept apart from the results.
+    write_json(
+        &dir.join("measurements.json"),
+        &serde_json::json!({ "seconds": seconds }),
+    )?;
+    measured.seconds = 0.0;
     write_json(&dir.join("profile.json"), &measured)?;
     write_text(&dir.join("profile.md"), &measured.markdown())?;
     log(&format!(
         "profile: mean accuracy {:.3} over {} domains in {:.1} s",
         measured.mean_accuracy,
         measured.domains.len(),
-        measured.seconds
+        seconds
     ));
     Ok(())
 }
@@ -484,12 +491,25 @@ pub fn train_stage(
     expert.save(&dir.join("expert.safetensors"))?;
     let mut outcome_json =
         serde_json::to_value(&outcome).map_err(|e| Error::Input(e.to_string()))?;
-    // Wall times differ between runs; they live in the manifest, not the stage's files.
+    // Wall times, and the counts of work done by this process (fewer after a resume
+    // from the checkpoint), are measurements of this execution: `measurements.json`,
+    // apart from the deterministic record.
+    let mut measured = serde_json::Map::new();
     if let Some(map) = outcome_json.as_object_mut() {
-        map.remove("seconds");
-        map.remove("validation_seconds");
+        for key in [
+            "seconds",
+            "validation_seconds",
+            "steps_here",
+            "rollouts",
+            "rollout_tokens",
+        ] {
+            if let Some(value) = map.remove(key) {
+                measured.insert(key.to_owned(), value);
+            }
+        }
     }
     write_json(&dir.join("outcome.json"), &outcome_json)?;
+    write_json(&dir.join("measurements.json"), &measured)?;
     let _ = std::fs::remove_file(&checkpoint);
     let lift: Vec<String> = role
         .domains

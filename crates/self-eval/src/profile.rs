@@ -305,11 +305,16 @@ impl Profile {
             ));
         }
         out.push_str(&format!(
-            "\nMean accuracy {:.3} over {} domains; {:.1} s. Accuracy is greedy-exact (one teacher-forced pass); \
+            "\nMean accuracy {:.3} over {} domains{}. Accuracy is greedy-exact (one teacher-forced pass); \
              ECE uses {} equal-width bins of the reference-answer probability as a forecast of greedy correctness.\n",
             self.mean_accuracy,
             self.domains.len(),
-            self.seconds,
+            // A record with its wall time set aside (0) says nothing about time.
+            if self.seconds > 0.0 {
+                format!("; {:.1} s", self.seconds)
+            } else {
+                String::new()
+            },
             self.config.calibration_bins
         ));
         out
