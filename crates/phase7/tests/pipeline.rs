@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use phase7::run::RunDir;
-use phase7::{Config, run_pipeline, run_stage};
+use phase7::{run_pipeline, run_stage};
 
 mod common;
 use common::{test_model, tiny_config};
