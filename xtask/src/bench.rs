@@ -25,6 +25,7 @@ pub const BENCHES: &[&str] = &[
     "svf",
     "profile",
     "mixture",
+    "tracking",
 ];
 
 /// Runs `cargo <args>` in the repository with extra environment, failing on a non-zero exit.
@@ -114,6 +115,7 @@ pub fn run(root: &Path, name: &str) -> Result<()> {
             let dir = default_model.display().to_string();
             run_example(root, "self-eval", "bench_mixture", &[&dir, "7"], &[])
         }
+        "tracking" => tracking(root),
         other => bail!("unknown benchmark `{other}`; known: {}", BENCHES.join(", ")),
     }
 }
@@ -415,4 +417,96 @@ fn lm(root: &Path) -> Result<()> {
         &[work_arg.as_str(), peer_arg.as_str()],
         &[],
     )
+}
+
+/// run-tracking's logging against TensorBoard's own event writer (Python), alternating,
+/// three rounds each: the calling thread's cost per scalar and scalars per second that
+/// reach the file, 10 scalars per call for 3 s; ours also writes the JSONL.
+fn tracking(root: &Path) -> Result<()> {
+    let python = crate::test::tracking_python()?;
+    cargo(
+        root,
+        &["build", "--release", "--quiet", "-p", "run-tracking"],
+        &[],
+    )?;
+    let ours = root.join("target/release/run-tracking");
+    let peer_script = root.join("crates/run-tracking/scripts/bench_peer.py");
+    let scratch =
+        std::env::temp_dir().join(format!("phase7-bench-tracking-{}", std::process::id()));
+    let measure = |command: &mut Command, dir: &Path| -> Result<serde_json::Value> {
+        let _ = std::fs::remove_dir_all(dir);
+        let output = command.output().context("cannot run the benchmark")?;
+        let _ = std::fs::remove_dir_all(dir);
+        if !output.status.success() {
+            bail!("{}", String::from_utf8_lossy(&output.stderr));
+        }
+        let text = String::from_utf8_lossy(&output.stdout);
+        let line = text.lines().last().unwrap_or_default();
+        serde_json::from_str(line).with_context(|| format!("unexpected output: {text}"))
+    };
+    let (mut rows_ours, mut rows_peer) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        let dir = scratch.join(format!("ours-{round}"));
+        rows_ours.push(measure(
+            Command::new(&ours).arg("bench").arg(&dir).args([
+                "--seconds",
+                "3",
+                "--metrics-per-call",
+                "10",
+            ]),
+            &dir,
+        )?);
+        let dir = scratch.join(format!("peer-{round}"));
+        rows_peer.push(measure(
+            Command::new(&python)
+                .arg(&peer_script)
+                .arg(&dir)
+                .args(["3", "10"]),
+            &dir,
+        )?);
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    let field = |rows: &[serde_json::Value], key: &str| -> Vec<f64> {
+        rows.iter()
+            .map(|r| r[key].as_f64().unwrap_or(f64::NAN))
+            .collect()
+    };
+    println!(
+        "| measure | run-tracking (3 rounds) | TensorBoard EventFileWriter, Python (3 rounds) | ratio (median) |\n|---|---|---|---|"
+    );
+    for (key, label, higher_is_better) in [
+        (
+            "hot_path_ns_per_scalar",
+            "calling thread, ns per scalar",
+            false,
+        ),
+        ("scalars_per_second", "scalars per second on disk", true),
+    ] {
+        let (a, b) = (field(&rows_ours, key), field(&rows_peer, key));
+        let median = |v: &[f64]| {
+            let mut v = v.to_vec();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let ratio = if higher_is_better {
+            median(&a) / median(&b)
+        } else {
+            median(&b) / median(&a)
+        };
+        let list = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "| {label} | {} | {} | {ratio:.1}x ours better |",
+            list(&a),
+            list(&b)
+        );
+    }
+    println!(
+        "\nTargets: at most 2000 ns per scalar on the calling thread, at least 100,000 scalars/s to the JSONL."
+    );
+    Ok(())
 }

@@ -20,6 +20,10 @@ pub fn run(root: &Path, cargo_test_args: &[String]) -> Result<()> {
     eprintln!("{report}");
     timings.push(("setup", started.elapsed()));
 
+    let started = Instant::now();
+    let tracking_python = tracking_python()?;
+    timings.push(("tracking-peer", started.elapsed()));
+
     let mut test = vec!["test", "--workspace", "--locked"];
     test.extend(cargo_test_args.iter().map(String::as_str));
     let steps = [
@@ -39,6 +43,25 @@ pub fn run(root: &Path, cargo_test_args: &[String]) -> Result<()> {
         Step::new("doc", &["doc", "--workspace", "--no-deps", "--locked"])
             .with_env("RUSTDOCFLAGS", "-D warnings"),
         test_step(&test),
+        // The tracking sinks against a real MLflow server and TensorBoard's own reader
+        // (the peer environment is made once, into the cache).
+        Step::new(
+            "tracking-servers",
+            &[
+                "test",
+                "--locked",
+                "-p",
+                "run-tracking",
+                "--test",
+                "servers",
+                "--",
+                "--ignored",
+            ],
+        )
+        .with_env(
+            "PHASE7_TRACKING_PYTHON",
+            tracking_python.to_string_lossy().into_owned(),
+        ),
     ];
     for step in steps {
         eprintln!("xtask test: {}: cargo {}", step.name, step.args.join(" "));
@@ -77,7 +100,7 @@ pub fn run(root: &Path, cargo_test_args: &[String]) -> Result<()> {
 struct Step<'a> {
     name: &'static str,
     args: Vec<&'a str>,
-    env: Vec<(&'static str, &'static str)>,
+    env: Vec<(&'static str, String)>,
 }
 
 impl<'a> Step<'a> {
@@ -89,8 +112,8 @@ impl<'a> Step<'a> {
         }
     }
 
-    fn with_env(mut self, key: &'static str, value: &'static str) -> Self {
-        self.env.push((key, value));
+    fn with_env(mut self, key: &'static str, value: impl Into<String>) -> Self {
+        self.env.push((key, value.into()));
         self
     }
 }
@@ -110,6 +133,17 @@ fn test_step<'a>(args: &[&'a str]) -> Step<'a> {
 
 const PROPTEST_SEED_ENV: &str = "PROPTEST_RNG_SEED";
 const PROPTEST_SEED: &str = "20261126";
+
+/// The Python of the tracking peer environment (an MLflow server and TensorBoard's
+/// reader), made once in the cache (`$PHASE7_TRACKING_VENV` overrides its folder).
+pub fn tracking_python() -> Result<std::path::PathBuf> {
+    crate::bench::peer_python(
+        "PHASE7_TRACKING_VENV",
+        "tracking-venv",
+        &["mlflow==3.17.2", "tensorboard==2.21.0"],
+        &[],
+    )
+}
 
 fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())

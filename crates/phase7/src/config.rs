@@ -38,6 +38,10 @@ pub struct Config {
     pub search: SearchSection,
     /// Stage 3: the final self-test.
     pub self_test: SelfTestSection,
+    /// Run tracking (`run-tracking`): JSONL and TensorBoard files in `tracking/` always
+    /// (TensorBoard can be switched off), MLflow when `tracking.mlflow.tracking_uri` is
+    /// set (default `$MLFLOW_TRACKING_URI`). Weights & Biases is not in this build.
+    pub tracking: run_tracking::TrackerConfig,
 }
 
 /// The model.
@@ -256,6 +260,7 @@ impl Default for Config {
             training: TrainingSection::default(),
             search: SearchSection::default(),
             self_test: SelfTestSection::default(),
+            tracking: run_tracking::TrackerConfig::default(),
         }
     }
 }

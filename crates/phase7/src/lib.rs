@@ -34,6 +34,7 @@ pub mod config;
 pub mod report;
 pub mod run;
 pub mod stages;
+pub mod track;
 
 use std::time::Instant;
 
@@ -79,6 +80,9 @@ pub enum Error {
     /// libtorch failed.
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+    /// Run tracking failed (a local file; remote sinks never fail a run).
+    #[error(transparent)]
+    Tracking(#[from] run_tracking::Error),
 }
 
 /// This crate's result.
@@ -181,7 +185,45 @@ fn stage_inputs(
 }
 
 /// Runs one stage unless it is already done with the same key; returns whether it ran.
+/// Its metrics go to the run's `tracking/stage-NAME/`.
 pub fn run_stage(run: &RunDir, config: &Config, stage: &str, log: stages::Log<'_>) -> Result<bool> {
+    let tracker = track::start(
+        &run.root.join("tracking").join(format!("stage-{stage}")),
+        run,
+        config,
+    )?;
+    let result = run_stage_tracked(run, config, stage, log, &tracker);
+    finish_tracking(tracker, result.is_ok(), log)?;
+    result
+}
+
+fn finish_tracking(tracker: run_tracking::Tracker, ok: bool, log: stages::Log<'_>) -> Result<()> {
+    let dir = tracker.dir().to_path_buf();
+    let status = if ok {
+        run_tracking::Status::Finished
+    } else {
+        run_tracking::Status::Failed
+    };
+    let report = tracker.finish(status)?;
+    for (sink, outcome) in &report.remote {
+        log(&format!("tracking: {sink}: {outcome}"));
+    }
+    log(&format!(
+        "tracking: {} records in {}",
+        report.records,
+        dir.join(run_tracking::METRICS_FILE).display()
+    ));
+    Ok(())
+}
+
+/// [`run_stage`] logging to `tracker`.
+pub fn run_stage_tracked(
+    run: &RunDir,
+    config: &Config,
+    stage: &str,
+    log: stages::Log<'_>,
+    tracker: &run_tracking::Tracker,
+) -> Result<bool> {
     let (slice, inputs) = stage_inputs(run, config, stage)?;
     let input_refs: Vec<&std::path::Path> = inputs.iter().map(|p| p.as_path()).collect();
     let key = run.stage_key(stage, &slice, &input_refs)?;
@@ -206,10 +248,12 @@ pub fn run_stage(run: &RunDir, config: &Config, stage: &str, log: stages::Log<'_
                 .strip_prefix("expert-")
                 .and_then(|k| k.parse().ok())
                 .ok_or_else(|| Error::Input(format!("unknown stage `{expert}`")))?;
-            stages::train_stage(run, config, k, &dir, log)?
+            let mut on_step = track::step_logger(tracker, k);
+            stages::train_stage(run, config, k, &dir, log, &mut on_step)?
         }
     }
     let record = run.finish(stage, key, started.elapsed().as_secs_f64())?;
+    track::log_stage(tracker, run, stage, record.seconds, record.cost_usd);
     log(&format!(
         "{stage}: done in {:.1} s ({} files)",
         record.seconds,
@@ -222,6 +266,18 @@ pub fn run_stage(run: &RunDir, config: &Config, stage: &str, log: stages::Log<'_
 pub fn run_pipeline(run: &RunDir, config: &Config, log: stages::Log<'_>) -> Result<()> {
     config.check()?;
     config.check_model()?;
+    let tracker = track::start(&run.root.join("tracking").join("pipeline"), run, config)?;
+    let result = pipeline_tracked(run, config, log, &tracker);
+    finish_tracking(tracker, result.is_ok(), log)?;
+    result
+}
+
+fn pipeline_tracked(
+    run: &RunDir,
+    config: &Config,
+    log: stages::Log<'_>,
+    tracker: &run_tracking::Tracker,
+) -> Result<()> {
     let started = Instant::now();
     let budget = config.budget.wall_minutes * 60.0;
     let mut index = 0;
@@ -243,7 +299,7 @@ pub fn run_pipeline(run: &RunDir, config: &Config, log: stages::Log<'_>) -> Resu
                 config.budget.wall_minutes
             )));
         }
-        run_stage(run, config, stage, log)?;
+        run_stage_tracked(run, config, stage, log, tracker)?;
         index += 1;
     }
     report::write_report(run)?;

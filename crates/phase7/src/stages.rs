@@ -14,7 +14,7 @@ use self_eval::selftest::{HeldOut, SelfTest, self_test};
 use self_eval::validate::{ModelChecks, held_out_index, synth_candidates};
 use self_eval::{
     Answerer, DataSizes, ExpertData, PlanRecord, ValidationConfig, build_dataset, dataset_specs,
-    new_policy, plan, profile, train_expert, write_json, write_text,
+    new_policy, plan, profile, train_expert_observed, write_json, write_text,
 };
 use svf::{Decomposition, Expert, Selection};
 use synth_tasks::{Domain, Split};
@@ -422,6 +422,7 @@ pub fn train_stage(
     k: usize,
     dir: &Path,
     log: Log<'_>,
+    on_step: &mut dyn FnMut(&reinforce_kl::StepMetrics),
 ) -> Result<()> {
     let roles = roles(run)?;
     let role = roles.get(k).ok_or_else(|| {
@@ -478,13 +479,14 @@ pub fn train_stage(
         ".{}.checkpoint",
         dir.file_name().unwrap_or_default().to_string_lossy()
     ));
-    let outcome = train_expert(
+    let outcome = train_expert_observed(
         &mut policy,
         &tokenizer,
         &data,
         &gate,
         &expert_config,
         Some(&checkpoint),
+        on_step,
     )?;
     let (_, mut expert) = policy.into_parts().map_err(self_eval::Error::from)?;
     expert.training = serde_json::json!({ "domains": role.domains });

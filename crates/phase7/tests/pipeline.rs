@@ -85,13 +85,53 @@ fn a_tiny_run_goes_end_to_end_and_resumes_by_skipping() {
         assert!(lines >= config.data.min_problems);
     }
 
+    // Tracking: every logged key is in the catalogue (docs/metrics.md), training steps
+    // are logged as they happen, and each stage's time.
+    let records =
+        run_tracking::record::read_from(&run.root.join("tracking/pipeline/metrics.jsonl"), 0)
+            .unwrap();
+    let mut keys: Vec<String> = records
+        .iter()
+        .flat_map(|(r, _)| r.metrics.iter().map(|(k, _)| k.clone()))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    let undocumented: Vec<&String> = keys
+        .iter()
+        .filter(|k| !phase7::track::documented(k))
+        .collect();
+    assert!(undocumented.is_empty(), "{undocumented:#?}");
+    for key in [
+        "stage2/expert-0/step/reward_mean",
+        "stage2/expert-0/step/grad_norm",
+        "stage2/expert-0/epoch/validation_score",
+        "stage1/profile/mean_accuracy",
+        "stage3/search/hypervolume",
+        "stage3/self_test/final/overall",
+        "pipeline/search/seconds",
+    ] {
+        assert!(keys.iter().any(|k| k == key), "{key} not logged: {keys:#?}");
+    }
+    let docs = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/metrics.md"),
+    )
+    .unwrap();
+    for pattern in phase7::track::CATALOGUE {
+        assert!(
+            docs.contains(&format!("`{pattern}`")),
+            "{pattern} not in docs/metrics.md"
+        );
+    }
+    let info = run_tracking::RunInfo::load(&run.root.join("tracking/pipeline")).unwrap();
+    assert_eq!(info.status, run_tracking::Status::Finished);
+
     // Nothing changed: every stage is skipped.
     let mut again = Vec::new();
     run_pipeline(&run, &config, &mut |l: &str| again.push(l.to_owned())).unwrap();
     assert!(
-        again
-            .iter()
-            .all(|l| l.ends_with("unchanged, skipped") || l.starts_with("report:")),
+        again.iter().all(|l| l.ends_with("unchanged, skipped")
+            || l.starts_with("report:")
+            || l.starts_with("tracking:")),
         "{again:#?}"
     );
 
@@ -221,7 +261,10 @@ fn a_gguf_model_runs_without_a_phase6_handoff() {
     )
     .unwrap();
     assert!(check["handoff"].is_null(), "{check}");
-    assert!(lines.iter().any(|l| l.contains("none beside")), "{lines:#?}");
+    assert!(
+        lines.iter().any(|l| l.contains("none beside")),
+        "{lines:#?}"
+    );
     let verify: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(run.root.join("dequantize/verify.json")).unwrap(),
     )

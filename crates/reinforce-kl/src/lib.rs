@@ -51,6 +51,6 @@ pub use objective::{Baseline, KlEstimator};
 pub use optim::{AdamW, Grokfast, OptimizerConfig, Schedule};
 pub use svf_policy::{RolloutConfig, SvfPolicy};
 pub use trainer::{
-    Event, GateDecision, Policy, Reduction, Report, Scores, TrainerConfig, TrainingState,
-    Validation, train,
+    Event, GateDecision, Policy, Reduction, Report, Scores, StepMetrics, TrainerConfig,
+    TrainingState, Validation, train, train_observed,
 };

@@ -302,9 +302,37 @@ fn choose_prompts(count: usize, available: usize, seed: u64) -> Vec<usize> {
     order
 }
 
-// `loss = loss - x` on purpose: tch's `-=` is an in-place op, which autograd graphs
-// should not depend on.
-#[allow(clippy::assign_op_pattern)]
+/// What one optimisation step measured, handed to the observer of [`train_observed`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    /// Global step index (from 0).
+    pub step: usize,
+    /// Epoch the step belongs to (from 1).
+    pub epoch: usize,
+    /// Mean reward of the step's rollouts.
+    pub reward_mean: f64,
+    /// Their standard deviation.
+    pub reward_std: f64,
+    /// Mean absolute advantage.
+    pub advantage_abs_mean: f64,
+    /// Mean sequence KL to the reference (0 when the KL coefficient is 0).
+    pub kl_mean: f64,
+    /// Mean per-token entropy of the policy, when distributions were computed.
+    pub entropy_mean: Option<f64>,
+    /// Mean completion length in tokens.
+    pub completion_tokens_mean: f64,
+    /// The loss (summed over chunks).
+    pub loss: f64,
+    /// Gradient norm before clipping (absent when the step was skipped).
+    pub grad_norm: Option<f64>,
+    /// Learning rate used (absent when skipped).
+    pub learning_rate: Option<f64>,
+    /// KL coefficient in force.
+    pub kl_coefficient: f64,
+    /// Whether the step was skipped (non-finite loss or gradient).
+    pub skipped: bool,
+}
+
 /// Trains `policy` on `prompts` with `reward`, validating after every epoch with
 /// `validate`. With `checkpoint`, the state is written there after every epoch
 /// (atomically) and a run resumes from it when the file exists. On return the policy
@@ -316,6 +344,31 @@ pub fn train<P: Policy>(
     validate: &mut dyn FnMut(&mut P) -> Result<Validation>,
     config: &TrainerConfig,
     checkpoint: Option<&Path>,
+) -> Result<Report> {
+    train_observed(
+        policy,
+        prompts,
+        reward,
+        validate,
+        config,
+        checkpoint,
+        &mut |_: &StepMetrics| {},
+    )
+}
+
+/// [`train`], calling `observer` after every step with what it measured (for run
+/// tracking; the observer cannot change training).
+// `loss = loss - x` on purpose: tch's `-=` is an in-place op, which autograd graphs
+// should not depend on.
+#[allow(clippy::too_many_arguments, clippy::assign_op_pattern)]
+pub fn train_observed<P: Policy>(
+    policy: &mut P,
+    prompts: &[P::Prompt],
+    reward: &dyn Fn(&P::Prompt, &[i64]) -> f64,
+    validate: &mut dyn FnMut(&mut P) -> Result<Validation>,
+    config: &TrainerConfig,
+    checkpoint: Option<&Path>,
+    observer: &mut dyn FnMut(&StepMetrics),
 ) -> Result<Report> {
     if prompts.is_empty() {
         return Err(Error::Config("no training prompts".into()));
@@ -363,6 +416,18 @@ pub fn train<P: Policy>(
                 .collect();
             reward_sum += rewards.iter().flatten().sum::<f64>();
             rollouts += rewards.iter().map(Vec::len).sum::<usize>();
+            let flat_rewards: Vec<f64> = rewards.iter().flatten().copied().collect();
+            let count = flat_rewards.len().max(1) as f64;
+            let reward_mean = flat_rewards.iter().sum::<f64>() / count;
+            let reward_std = (flat_rewards
+                .iter()
+                .map(|r| (r - reward_mean).powi(2))
+                .sum::<f64>()
+                / count)
+                .sqrt();
+            let (mut step_kl, mut step_kl_count) = (0.0, 0usize);
+            let (mut step_entropy, mut step_entropy_count) = (0.0, 0usize);
+            let mut step_loss = 0.0;
             let advantage = advantages(&rewards, config.baseline);
             let completions: Vec<(usize, Vec<i64>)> = samples
                 .iter()
@@ -400,8 +465,11 @@ pub fn train<P: Policy>(
                             scores.distributions.as_ref().map(|d| &d[j]),
                             reference.distributions.as_ref().map(|d| &d[j]),
                         );
-                        kl_sum += kl.double_value(&[]);
+                        let kl_value = kl.double_value(&[]);
+                        kl_sum += kl_value;
                         kl_count += 1;
+                        step_kl += kl_value;
+                        step_kl_count += 1;
                         loss = loss + kl * (state.kl_coefficient / n);
                     }
                     if config.entropy_bonus > 0.0
@@ -409,24 +477,47 @@ pub fn train<P: Policy>(
                     {
                         let d = &distributions[j];
                         let entropy = -(d.exp() * d).sum(Kind::Float);
+                        let tokens = d.size().first().copied().unwrap_or(1).max(1);
+                        step_entropy += entropy.double_value(&[]) / tokens as f64;
+                        step_entropy_count += 1;
                         loss = loss - entropy * (config.entropy_bonus / n);
                     }
                 }
                 let loss_value = loss.double_value(&[]);
+                step_loss += loss_value;
                 if !loss_value.is_finite() {
                     skipped = Some(format!("the loss is {loss_value}"));
                     break;
                 }
                 loss.backward();
             }
+            let mut applied = None;
             if skipped.is_none() {
                 match optimizer.filtered_gradients(&parameters) {
                     Some(gradients) => {
-                        optimizer.apply(&parameters, gradients);
+                        applied = Some(optimizer.apply(&parameters, gradients));
                     }
                     None => skipped = Some("a gradient is not finite".to_owned()),
                 }
             }
+            observer(&StepMetrics {
+                step,
+                epoch: state.epoch + 1,
+                reward_mean,
+                reward_std,
+                advantage_abs_mean: flat_advantages.iter().map(|a| a.abs()).sum::<f64>()
+                    / flat_advantages.len().max(1) as f64,
+                kl_mean: step_kl / step_kl_count.max(1) as f64,
+                entropy_mean: (step_entropy_count > 0)
+                    .then(|| step_entropy / step_entropy_count as f64),
+                completion_tokens_mean: completions.iter().map(|c| c.1.len()).sum::<usize>() as f64
+                    / completions.len().max(1) as f64,
+                loss: step_loss,
+                grad_norm: applied.as_ref().map(|r| r.grad_norm),
+                learning_rate: applied.as_ref().map(|r| r.learning_rate),
+                kl_coefficient: state.kl_coefficient,
+                skipped: skipped.is_some(),
+            });
             match skipped {
                 Some(reason) => {
                     state.events.push(Event::SkippedStep { step, reason });

@@ -207,6 +207,27 @@ pub fn train_expert(
     config: &ExpertConfig,
     checkpoint: Option<&Path>,
 ) -> Result<ExpertOutcome> {
+    train_expert_observed(
+        policy,
+        tokenizer,
+        data,
+        gate,
+        config,
+        checkpoint,
+        &mut |_: &reinforce_kl::StepMetrics| {},
+    )
+}
+
+/// [`train_expert`], with `on_step` called after every optimisation step (run tracking).
+pub fn train_expert_observed(
+    policy: &mut SvfPolicy,
+    tokenizer: &Tokenizer,
+    data: &ExpertData,
+    gate: &Gate,
+    config: &ExpertConfig,
+    checkpoint: Option<&Path>,
+    on_step: &mut dyn FnMut(&reinforce_kl::StepMetrics),
+) -> Result<ExpertOutcome> {
     if data.train.is_empty() || data.validation.is_empty() {
         return Err(Error::Data(
             "an expert needs training and validation problems".into(),
@@ -252,13 +273,14 @@ pub fn train_expert(
         Ok(Gate::validation(score, &scores, &report))
     };
     let started = Instant::now();
-    let report = reinforce_kl::train(
+    let report = reinforce_kl::train_observed(
         policy,
         &prompts,
         &reward,
         &mut validate,
         &config.trainer,
         checkpoint,
+        on_step,
     )?;
     let seconds = started.elapsed().as_secs_f64();
     let accuracy_after = accuracies(policy, tokenizer, format, &data.held_out)?;

@@ -61,7 +61,10 @@ pub mod validate;
 
 pub use answer::{Answerer, Check, Encoded, Forced, ForcedRow, OnePass};
 pub use error::{Error, Result, write_json, write_text};
-pub use expert::{DataSizes, ExpertConfig, ExpertData, ExpertOutcome, new_policy, train_expert};
+pub use expert::{
+    DataSizes, ExpertConfig, ExpertData, ExpertOutcome, new_policy, train_expert,
+    train_expert_observed,
+};
 pub use planner::{Plan, PlanRecord, PlannerConfig, plan};
 pub use profile::{Profile, ProfileConfig, profile};
 pub use spec::{DatasetSpec, SpecConfig, dataset_specs};
