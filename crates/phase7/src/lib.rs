@@ -31,6 +31,7 @@
 
 pub mod charts;
 pub mod config;
+pub mod console;
 pub mod report;
 pub mod run;
 pub mod stages;
@@ -248,8 +249,17 @@ pub fn run_stage_tracked(
                 .strip_prefix("expert-")
                 .and_then(|k| k.parse().ok())
                 .ok_or_else(|| Error::Input(format!("unknown stage `{expert}`")))?;
-            let mut on_step = track::step_logger(tracker, k);
-            stages::train_stage(run, config, k, &dir, log, &mut on_step)?
+            let trainer = &config.training.expert.trainer;
+            let total = trainer.epochs * trainer.steps_per_epoch;
+            // Both the stage and the step observer write lines; never at once.
+            let log = std::cell::RefCell::new(&mut *log);
+            let mut track_step = track::step_logger(tracker, k);
+            let mut on_step = |m: &reinforce_kl::StepMetrics| {
+                track_step(m);
+                (log.borrow_mut())(&console::progress_line(stage, m.step + 1, total));
+            };
+            let mut stage_log = |line: &str| (log.borrow_mut())(line);
+            stages::train_stage(run, config, k, &dir, &mut stage_log, &mut on_step)?
         }
     }
     let record = run.finish(stage, key, started.elapsed().as_secs_f64())?;

@@ -360,6 +360,7 @@ pub fn data_stage(run: &RunDir, config: &Config, dir: &Path, log: Log<'_>) -> Re
             },
             started.elapsed().as_secs_f64()
         ));
+        log(&crate::console::progress_line("data", k + 1, specs.len()));
         if report.accepted < d.min_problems {
             return Err(Error::Input(format!(
                 "{}: only {} problems of expert {k} `{}` passed validation, fewer than data.min_problems = {}; \
@@ -575,7 +576,13 @@ pub fn search_stage(run: &RunDir, config: &Config, dir: &Path, log: Log<'_>) -> 
     let mut search_config = config.search.search.clone();
     search_config.seed = config.seed;
     let started = Instant::now();
+    let generations = search_config.generations;
     let mut progress = |point: &CurvePoint, record: Option<&GuidanceRecord>| {
+        log(&crate::console::progress_line(
+            "search",
+            point.generation,
+            generations,
+        ));
         if point.generation.is_multiple_of(5) || record.is_some() {
             log(&format!(
                 "search: {}, {:.0} s",

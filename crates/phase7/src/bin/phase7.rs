@@ -22,6 +22,10 @@ use phase7::{Config, run_pipeline, run_stage};
     about = "One command from a Phase 6 model to a Phase 8 handoff"
 )]
 struct Cli {
+    /// One JSON event per line on stdout (started, progress, done, skipped, log)
+    /// instead of progress bars or plain lines on stderr.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -87,17 +91,14 @@ enum Command {
     },
 }
 
-fn log(line: &str) {
-    eprintln!("[phase7] {line}");
-}
-
 fn saved_config(run: &RunDir) -> phase7::Result<Config> {
     Config::load(&run.root.join("config.toml"))
 }
 
 fn main_result() -> phase7::Result<()> {
     let cli = Cli::parse();
-    let mut sink = |line: &str| log(line);
+    let mut console = phase7::console::Console::new(cli.json);
+    let mut sink = |line: &str| console.line(line);
     match cli.command {
         Command::Run {
             config,
@@ -137,9 +138,9 @@ fn main_result() -> phase7::Result<()> {
                     message: e.to_string(),
                 },
             )?;
-            log(&format!("run directory {}", root.display()));
+            sink(&format!("run directory {}", root.display()));
             run_pipeline(&run, &config, &mut sink)?;
-            log(&format!(
+            sink(&format!(
                 "finished: {}",
                 root.join("export/handoff/handoff.json").display()
             ));
@@ -148,7 +149,7 @@ fn main_result() -> phase7::Result<()> {
             let run = RunDir::open(&run)?;
             let config = saved_config(&run)?;
             run_pipeline(&run, &config, &mut sink)?;
-            log(&format!(
+            sink(&format!(
                 "finished: {}",
                 run.root.join("export/handoff/handoff.json").display()
             ));
