@@ -9,7 +9,7 @@
 //! | `summary.json` | summary values |
 //! | `artifacts/` | files attached to the run |
 //! | `tensorboard/` | TensorBoard event files (scalars), when on |
-//! | `sync/mlflow.json` | how far the MLflow upload got, when MLflow is on |
+//! | `sync/mlflow.json`, `sync/wandb.json` | how far each upload got, when its sink is on |
 //!
 //! The calling thread only enqueues: [`Tracker::log`] formats nothing and touches no file
 //! (it waits only when [`QUEUE_CAPACITY`] records are already queued, that is when
@@ -21,7 +21,8 @@
 //! retrying with backoff on 408/429/5xx and connection errors (honouring
 //! `Retry-After`); a server that is down only makes them lag. [`Tracker::finish`] gives
 //! them a bounded time to catch up; whatever is left is sent by `run-tracking sync
-//! RUN_DIR` later, idempotently. Weights & Biases is not in this crate yet.
+//! RUN_DIR` later, idempotently. Sinks: MLflow ([`mlflow`], when a tracking URI is set)
+//! and Weights & Biases ([`wandb`], when an API key is found).
 //!
 //! ```
 //! use run_tracking::{RunInfo, Status, Tracker, TrackerConfig};
@@ -43,6 +44,7 @@
 pub mod mlflow;
 pub mod record;
 pub mod tensorboard;
+pub mod wandb;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -56,6 +58,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 pub use mlflow::MlflowConfig;
+pub use wandb::WandbConfig;
 
 /// The JSONL file of records.
 pub const METRICS_FILE: &str = "metrics.jsonl";
@@ -303,12 +306,17 @@ pub struct TrackerConfig {
     pub tensorboard: bool,
     /// MLflow, when a tracking URI is set (default from `MLFLOW_TRACKING_URI`).
     pub mlflow: MlflowConfig,
+    /// Weights & Biases, when an API key is found (`WANDB_API_KEY` or `~/.netrc`).
+    pub wandb: WandbConfig,
     /// Most milliseconds a record waits in memory before it is handed to the operating
     /// system. Default 100.
     pub flush_ms: u64,
     /// Most seconds `finish` waits for remote sinks to catch up; what is left is sent by
     /// `run-tracking sync`. Default 30.
     pub finish_timeout_seconds: f64,
+    /// Seconds after which `finish` stops waiting for a sink that has failed every
+    /// attempt since `finish` began (a server that is down). Default 3.
+    pub finish_unreachable_seconds: f64,
     /// Retries of remote sinks.
     pub retry: RetryConfig,
 }
@@ -318,8 +326,10 @@ impl Default for TrackerConfig {
         Self {
             tensorboard: true,
             mlflow: MlflowConfig::default(),
+            wandb: WandbConfig::default(),
             flush_ms: 100,
             finish_timeout_seconds: 30.0,
+            finish_unreachable_seconds: 3.0,
             retry: RetryConfig::default(),
         }
     }
@@ -333,8 +343,18 @@ impl TrackerConfig {
                 tracking_uri: None,
                 ..MlflowConfig::default()
             },
+            wandb: WandbConfig {
+                enabled: false,
+                ..WandbConfig::default()
+            },
             ..Self::default()
         }
+    }
+
+    /// Whether W&B is on: enabled and a key found.
+    pub fn wandb_on(&self) -> bool {
+        self.wandb.enabled
+            && (self.wandb.api_key.is_some() || wandb::api_key(&self.wandb.base_url).is_some())
     }
 }
 
@@ -365,7 +385,7 @@ pub struct Tracker {
     dir: PathBuf,
     sender: Mutex<mpsc::SyncSender<Message>>,
     writer: Option<JoinHandle<Result<u64>>>,
-    uploader: Option<(JoinHandle<String>, Arc<AtomicBool>)>,
+    uploaders: Vec<(String, JoinHandle<String>, Arc<AtomicBool>)>,
     info: RunInfo,
 }
 
@@ -391,13 +411,18 @@ fn upload_loop(
     finishing: &AtomicBool,
     retry: &RetryConfig,
     finish_timeout: f64,
+    finish_unreachable: f64,
     pass: &mut dyn FnMut() -> Result<bool>,
 ) -> String {
     let mut failures = 0u32;
     let mut deadline: Option<Instant> = None;
+    // When finishing began, and whether a pass has succeeded since.
+    let mut finish_started: Option<Instant> = None;
+    let mut succeeded_while_finishing = false;
     loop {
         if finishing.load(Ordering::Relaxed) && deadline.is_none() {
             deadline = Some(Instant::now() + Duration::from_secs_f64(finish_timeout));
+            finish_started = Some(Instant::now());
         }
         // Only a pass that began after `finish` raised the flag has seen the final
         // status and the last records.
@@ -405,6 +430,7 @@ fn upload_loop(
         let wait = match pass() {
             Ok(caught_up) => {
                 failures = 0;
+                succeeded_while_finishing |= final_pass;
                 if caught_up && final_pass {
                     return "caught up".into();
                 }
@@ -427,6 +453,14 @@ fn upload_loop(
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     return format!(
                         "not caught up within the finish timeout (last error: {message}); `run-tracking sync` sends the rest"
+                    );
+                }
+                if !succeeded_while_finishing
+                    && finish_started
+                        .is_some_and(|t| t.elapsed().as_secs_f64() >= finish_unreachable)
+                {
+                    return format!(
+                        "unreachable since the run ended (last error: {message}); `run-tracking sync` sends the rest"
                     );
                 }
                 retry_after.map_or(backoff, |s| s.min(retry.max_seconds))
@@ -533,32 +567,42 @@ impl Tracker {
                 }
             })
             .map_err(|e| io_error(dir, format!("cannot start the writer thread: {e}")))?;
-        let uploader = match &config.mlflow.tracking_uri {
-            Some(_) => {
-                let client = mlflow::Mlflow::new(&config.mlflow)?;
-                let finishing = Arc::new(AtomicBool::new(false));
-                let flag = finishing.clone();
-                let run_dir = dir.to_path_buf();
-                let mlflow_config = config.mlflow.clone();
-                let retry = config.retry.clone();
-                let timeout = config.finish_timeout_seconds;
-                let handle = std::thread::Builder::new()
-                    .name("run-tracking-mlflow".into())
-                    .spawn(move || {
-                        upload_loop(&flag, &retry, timeout, &mut || {
-                            mlflow::sync(&run_dir, &client, &mlflow_config).map(|r| r.caught_up)
-                        })
-                    })
-                    .map_err(|e| io_error(dir, format!("cannot start the uploader: {e}")))?;
-                Some((handle, finishing))
-            }
-            None => None,
+        let mut uploaders = Vec::new();
+        let spawn = |name: &str, mut pass: Box<dyn FnMut() -> Result<bool> + Send>| {
+            let finishing = Arc::new(AtomicBool::new(false));
+            let flag = finishing.clone();
+            let retry = config.retry.clone();
+            let (timeout, unreachable) = (
+                config.finish_timeout_seconds,
+                config.finish_unreachable_seconds,
+            );
+            std::thread::Builder::new()
+                .name(format!("run-tracking-{name}"))
+                .spawn(move || upload_loop(&flag, &retry, timeout, unreachable, &mut *pass))
+                .map(|handle| (name.to_owned(), handle, finishing))
+                .map_err(|e| io_error(dir, format!("cannot start the {name} uploader: {e}")))
         };
+        if config.mlflow.tracking_uri.is_some() {
+            let client = mlflow::Mlflow::new(&config.mlflow)?;
+            let (run_dir, sink) = (dir.to_path_buf(), config.mlflow.clone());
+            uploaders.push(spawn(
+                "mlflow",
+                Box::new(move || mlflow::sync(&run_dir, &client, &sink).map(|r| r.caught_up)),
+            )?);
+        }
+        if config.wandb_on() {
+            let client = wandb::Wandb::new(&config.wandb)?;
+            let (run_dir, sink) = (dir.to_path_buf(), config.wandb.clone());
+            uploaders.push(spawn(
+                "wandb",
+                Box::new(move || wandb::sync(&run_dir, &client, &sink).map(|r| r.caught_up)),
+            )?);
+        }
         Ok(Self {
             dir: dir.to_path_buf(),
             sender: Mutex::new(sender),
             writer: Some(writer),
-            uploader,
+            uploaders,
             info,
         })
     }
@@ -630,12 +674,14 @@ impl Tracker {
             records,
             remote: BTreeMap::new(),
         };
-        if let Some((handle, finishing)) = self.uploader.take() {
+        for (_, _, finishing) in &self.uploaders {
             finishing.store(true, Ordering::Relaxed);
+        }
+        for (name, handle, _) in self.uploaders.drain(..) {
             let outcome = handle
                 .join()
                 .unwrap_or_else(|_| "the uploader panicked".into());
-            report.remote.insert("mlflow".into(), outcome);
+            report.remote.insert(name, outcome);
         }
         Ok(report)
     }
@@ -651,14 +697,23 @@ impl Drop for Tracker {
     }
 }
 
-/// Sends what the run directory holds and a remote sink has not received yet
-/// (`run-tracking sync`), retrying failures up to `attempts` times.
-pub fn sync(dir: &Path, config: &TrackerConfig, attempts: u32) -> Result<mlflow::SyncReport> {
-    RunInfo::load(dir)?;
-    let client = mlflow::Mlflow::new(&config.mlflow)?;
+/// What `sync` sent, per sink that is on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SyncSummary {
+    /// MLflow, when on.
+    pub mlflow: Option<mlflow::SyncReport>,
+    /// W&B, when on.
+    pub wandb: Option<wandb::SyncReport>,
+}
+
+fn with_retries<T>(
+    config: &TrackerConfig,
+    attempts: u32,
+    mut pass: impl FnMut() -> Result<T>,
+) -> Result<T> {
     let mut failures = 0;
     loop {
-        match mlflow::sync(dir, &client, &config.mlflow) {
+        match pass() {
             Ok(report) => return Ok(report),
             Err(Error::Remote {
                 retryable: true,
@@ -675,6 +730,31 @@ pub fn sync(dir: &Path, config: &TrackerConfig, attempts: u32) -> Result<mlflow:
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Sends what the run directory holds and the sinks that are on have not received yet
+/// (`run-tracking sync`), retrying failures up to `attempts` times each.
+pub fn sync(dir: &Path, config: &TrackerConfig, attempts: u32) -> Result<SyncSummary> {
+    RunInfo::load(dir)?;
+    let mut summary = SyncSummary::default();
+    if config.mlflow.tracking_uri.is_some() {
+        let client = mlflow::Mlflow::new(&config.mlflow)?;
+        summary.mlflow = Some(with_retries(config, attempts, || {
+            mlflow::sync(dir, &client, &config.mlflow)
+        })?);
+    }
+    if config.wandb_on() {
+        let client = wandb::Wandb::new(&config.wandb)?;
+        summary.wandb = Some(with_retries(config, attempts, || {
+            wandb::sync(dir, &client, &config.wandb)
+        })?);
+    }
+    if summary.mlflow.is_none() && summary.wandb.is_none() {
+        return Err(Error::Config(
+            "no remote sink is on: set an MLflow tracking URI or a W&B API key".into(),
+        ));
+    }
+    Ok(summary)
 }
 
 #[cfg(test)]

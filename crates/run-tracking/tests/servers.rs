@@ -93,7 +93,6 @@ impl Drop for Server {
 
 fn config(uri: &str) -> TrackerConfig {
     TrackerConfig {
-        tensorboard: true,
         mlflow: MlflowConfig {
             tracking_uri: Some(uri.to_owned()),
             experiment: "run-tracking-test".into(),
@@ -106,6 +105,7 @@ fn config(uri: &str) -> TrackerConfig {
             max_seconds: 1.0,
             interval_seconds: 0.2,
         },
+        ..TrackerConfig::local()
     }
 }
 
@@ -182,6 +182,18 @@ fn mlflow_server_receives_everything_once_even_after_an_outage_and_a_kill() {
             .iter()
             .any(|p| p["key"] == "search.population" && p["value"] == "50")
     );
+    let tags = run["run"]["data"]["tags"].as_array().unwrap();
+    for (key, value) in [
+        ("group", "g"),
+        ("tag.test", "true"),
+        ("mlflow.runName", "live"),
+    ] {
+        assert!(
+            tags.iter().any(|t| t["key"] == key && t["value"] == value),
+            "tag {key} = {value} missing: {tags:?}"
+        );
+    }
+    assert_eq!(params.len(), 2, "{params:?}");
     let loss = history(&client, &id, "train/loss");
     assert_eq!(loss.len(), 1501);
     assert_eq!(loss[9], (9, 0.1));
@@ -200,8 +212,7 @@ fn mlflow_server_receives_everything_once_even_after_an_outage_and_a_kill() {
     // 2. The server unreachable for a whole run: training is not held up, nothing is
     //    lost, and `sync` later sends everything exactly once.
     let offline = scratch.path().join("offline");
-    let mut down = config(&format!("http://127.0.0.1:{}", free_port()));
-    down.finish_timeout_seconds = 1.0;
+    let down = config(&format!("http://127.0.0.1:{}", free_port()));
     let tracker = Tracker::start(&offline, RunInfo::new("offline"), down).unwrap();
     let started = Instant::now();
     for step in 0..500u64 {
@@ -216,7 +227,12 @@ fn mlflow_server_receives_everything_once_even_after_an_outage_and_a_kill() {
         report.remote["mlflow"].contains("run-tracking sync"),
         "{report:?}"
     );
-    let sync = |dir: &Path| run_tracking::sync(dir, &config(&server.uri), 3).unwrap();
+    let sync = |dir: &Path| {
+        run_tracking::sync(dir, &config(&server.uri), 3)
+            .unwrap()
+            .mlflow
+            .unwrap()
+    };
     let first = sync(&offline);
     assert_eq!((first.records, first.caught_up), (500, true));
     let again = sync(&offline);
@@ -279,7 +295,10 @@ fn mlflow_server_receives_everything_once_even_after_an_outage_and_a_kill() {
     for (i, (r, _)) in records.iter().enumerate() {
         assert_eq!(r.seq, i as u64);
     }
-    let report = run_tracking::sync(&killed, &config(&server.uri), 3).unwrap();
+    let report = run_tracking::sync(&killed, &config(&server.uri), 3)
+        .unwrap()
+        .mlflow
+        .unwrap();
     assert_eq!(report.records, records.len() as u64);
     assert_eq!(
         history(&client, &run_id(&killed), "bench/metric_0").len(),
@@ -304,7 +323,7 @@ fn credentials_never_reach_files_output_or_errors() {
         let out = Command::new(env!("CARGO_BIN_EXE_run-tracking"))
             .args(["sync"])
             .arg(&run)
-            .args(["--mlflow-uri", uri, "--attempts", "1"])
+            .args(["--mlflow-uri", uri, "--attempts", "1", "--no-wandb"])
             .env("MLFLOW_TRACKING_TOKEN", secret)
             .output()
             .unwrap();
@@ -317,7 +336,11 @@ fn credentials_never_reach_files_output_or_errors() {
     let out = Command::new(env!("CARGO_BIN_EXE_run-tracking"))
         .args(["sync"])
         .arg(&run)
-        .args(["--mlflow-uri", &format!("http://user:{secret}@127.0.0.1:1")])
+        .args([
+            "--mlflow-uri",
+            &format!("http://user:{secret}@127.0.0.1:1"),
+            "--no-wandb",
+        ])
         .output()
         .unwrap();
     outputs.push_str(&String::from_utf8_lossy(&out.stderr));

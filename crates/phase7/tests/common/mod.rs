@@ -14,6 +14,8 @@ pub fn test_model() -> PathBuf {
 pub fn tiny_config() -> Config {
     let mut c = Config::preset("quick").unwrap();
     c.model.path = test_model();
+    // Whatever the environment says (MLFLOW_TRACKING_URI, WANDB_API_KEY): local only.
+    c.tracking = run_tracking::TrackerConfig::local();
     c.dequantize.probe_prompts = 4;
     c.profile.problems = 16;
     c.profile.samples = 2;

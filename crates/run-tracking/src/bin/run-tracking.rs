@@ -1,8 +1,8 @@
-//! `run-tracking`: send a run directory's records to MLflow, show what it holds, or
+//! `run-tracking`: send a run directory's records to MLflow and W&B, show what it holds, or
 //! measure the logging hot path.
 //!
 //! ```sh
-//! run-tracking sync RUN_DIR [--mlflow-uri URI] [--experiment NAME]   # idempotent
+//! run-tracking sync RUN_DIR [--mlflow-uri URI] [--experiment NAME] [--wandb-project P]   # idempotent
 //! run-tracking show RUN_DIR
 //! run-tracking bench DIR [--seconds S] [--metrics-per-call K] [--progress]
 //! ```
@@ -34,6 +34,16 @@ enum Command {
         /// MLflow experiment name.
         #[arg(long, default_value = "phase7")]
         experiment: String,
+        /// W&B project (default $WANDB_PROJECT, else phase7); W&B is on when
+        /// WANDB_API_KEY or ~/.netrc has a key.
+        #[arg(long)]
+        wandb_project: Option<String>,
+        /// W&B entity (default $WANDB_ENTITY, else the key's).
+        #[arg(long)]
+        wandb_entity: Option<String>,
+        /// Leave W&B out even when a key is found.
+        #[arg(long)]
+        no_wandb: bool,
         /// Attempts on retryable failures.
         #[arg(long, default_value_t = 5)]
         attempts: u32,
@@ -72,6 +82,9 @@ fn run() -> run_tracking::Result<()> {
             run,
             mlflow_uri,
             experiment,
+            wandb_project,
+            wandb_entity,
+            no_wandb,
             attempts,
         } => {
             let mut config = TrackerConfig::default();
@@ -79,20 +92,41 @@ fn run() -> run_tracking::Result<()> {
                 config.mlflow.tracking_uri = mlflow_uri;
             }
             config.mlflow.experiment = experiment;
-            let report = run_tracking::sync(&run, &config, attempts.max(1))?;
-            println!(
-                "{}: {} records ({} values) and {} artifacts sent to MLflow run {}; {}",
-                run.display(),
-                report.records,
-                report.metrics,
-                report.artifacts,
-                report.run_id,
-                if report.caught_up {
+            if let Some(project) = wandb_project {
+                config.wandb.project = project;
+            }
+            if wandb_entity.is_some() {
+                config.wandb.entity = wandb_entity;
+            }
+            config.wandb.enabled = !no_wandb;
+            let summary = run_tracking::sync(&run, &config, attempts.max(1))?;
+            let state = |caught_up: bool| {
+                if caught_up {
                     "everything is on the server"
                 } else {
                     "not everything is on the server yet"
                 }
-            );
+            };
+            if let Some(r) = summary.mlflow {
+                println!(
+                    "{}: {} records ({} values) and {} artifacts sent to MLflow run {}; {}",
+                    run.display(),
+                    r.records,
+                    r.metrics,
+                    r.artifacts,
+                    r.run_id,
+                    state(r.caught_up)
+                );
+            }
+            if let Some(r) = summary.wandb {
+                println!(
+                    "{}: {} history lines sent to W&B run {}; {}",
+                    run.display(),
+                    r.lines,
+                    r.run_id,
+                    state(r.caught_up)
+                );
+            }
         }
         Command::Show { run } => {
             let info = RunInfo::load(&run)?;
