@@ -338,7 +338,8 @@ pub fn log_stage(tracker: &Tracker, run: &RunDir, stage: &str, seconds: f64, cos
         }
         "plan" => {
             if let Some(p) = read(&dir.join("plan.json")) {
-                let plan = &p["plan"];
+                // The chosen plan is flattened into the record's top level.
+                let plan = &p;
                 b.put("stage1/plan/num_experts", &plan["num_experts"]);
                 let experts = plan["expert_definitions"]
                     .as_array()

@@ -106,7 +106,13 @@ fn a_tiny_run_goes_end_to_end_and_resumes_by_skipping() {
         "stage2/expert-0/step/grad_norm",
         "stage2/expert-0/epoch/validation_score",
         "stage1/profile/mean_accuracy",
+        "stage1/plan/num_experts",
+        "stage1/plan/expert-0/domains",
+        "stage1/data/expert-0/accepted",
+        "stage2/expert-0/held_out/code/after",
         "stage3/search/hypervolume",
+        "stage3/dispatch/router_accuracy",
+        "export/size_mb",
         "stage3/self_test/final/overall",
         "pipeline/search/seconds",
     ] {
