@@ -193,9 +193,19 @@ pub fn run_stage(run: &RunDir, config: &Config, stage: &str, log: stages::Log<'_
         run,
         config,
     )?;
-    let result = run_stage_tracked(run, config, stage, log, &tracker);
+    let result = run_stage_tracked(run, config, stage, &mut tee(&tracker, log), &tracker);
     finish_tracking(tracker, result.is_ok(), log)?;
     result
+}
+
+/// `log`, with every line but progress also kept as the tracked run's console output.
+fn tee<'a>(tracker: &'a run_tracking::Tracker, log: stages::Log<'a>) -> impl FnMut(&str) + 'a {
+    move |line: &str| {
+        if !line.starts_with("progress ") {
+            tracker.console(line);
+        }
+        log(line);
+    }
 }
 
 fn finish_tracking(tracker: run_tracking::Tracker, ok: bool, log: stages::Log<'_>) -> Result<()> {
@@ -288,6 +298,8 @@ fn pipeline_tracked(
     log: stages::Log<'_>,
     tracker: &run_tracking::Tracker,
 ) -> Result<()> {
+    let mut console = tee(tracker, log);
+    let log: stages::Log<'_> = &mut console;
     let started = Instant::now();
     let budget = config.budget.wall_minutes * 60.0;
     let mut index = 0;

@@ -55,8 +55,8 @@ pub const CATALOGUE: &[&str] = &[
     "stage1/plan/silhouette/k{n}/silhouette",
     "stage1/plan/silhouette/k{n}/bootstrap_mean",
     "stage1/plan/silhouette/k{n}/bootstrap_sd",
-    "stage1/plan/cosine/{a}~{b}",
-    "stage1/plan/co_assignment/{a}~{b}",
+    "stage1/plan/cosine/{a}-vs-{b}",
+    "stage1/plan/co_assignment/{a}-vs-{b}",
     "stage1/plan/informative_problems/{domain}",
     "stage1/plan/expert-{k}/domains",
     // Stage 1: data.
@@ -374,11 +374,11 @@ pub fn log_stage(tracker: &Tracker, run: &RunDir, stage: &str, seconds: f64, cos
                 for (i, a) in clustered.iter().enumerate() {
                     for (j, other) in clustered.iter().enumerate().skip(i + 1) {
                         b.put(
-                            format!("stage1/plan/cosine/{a}~{other}"),
+                            format!("stage1/plan/cosine/{a}-vs-{other}"),
                             &m["cosine"][i][j],
                         );
                         b.put(
-                            format!("stage1/plan/co_assignment/{a}~{other}"),
+                            format!("stage1/plan/co_assignment/{a}-vs-{other}"),
                             &m["co_assignment"][i][j],
                         );
                     }
@@ -650,10 +650,15 @@ mod tests {
     fn patterns_match_whole_segments() {
         assert!(documented("stage1/profile/code/accuracy"));
         assert!(documented("stage1/profile/code/sweep/d3/accuracy"));
-        assert!(documented("stage1/plan/cosine/code~strings"));
+        assert!(documented("stage1/plan/cosine/code-vs-strings"));
         assert!(documented("stage2/expert-12/step/kl"));
         assert!(!documented("stage2/expert-/step/kl"));
         assert!(!documented("stage1/profile/code/accuracy/extra"));
         assert!(!documented("stage1/profile/code/acc"));
+        // Every documented key is one MLflow stores as it is (no character replaced).
+        for pattern in CATALOGUE {
+            let key = pattern.replace(['{', '}'], "");
+            assert_eq!(run_tracking::mlflow::metric_key(&key), key, "{pattern}");
+        }
     }
 }

@@ -128,6 +128,12 @@ fn a_tiny_run_goes_end_to_end_and_resumes_by_skipping() {
             "{pattern} not in docs/metrics.md"
         );
     }
+    let console = std::fs::read_to_string(run.root.join("tracking/pipeline/console.log")).unwrap();
+    assert!(console.contains(" search: started"), "{console}");
+    assert!(
+        !console.contains(" progress "),
+        "progress lines stay out of the console log"
+    );
     let info = run_tracking::RunInfo::load(&run.root.join("tracking/pipeline")).unwrap();
     assert_eq!(info.status, run_tracking::Status::Finished);
 

@@ -7,6 +7,8 @@
 //! | `run.json` | name, group, tags, configuration, start and end time, status |
 //! | `metrics.jsonl` | every `log` call, one line each, numbered (`seq`) — the source of truth |
 //! | `summary.json` | summary values |
+//! | `system.jsonl` | the process's memory, CPU use and threads every 10 s |
+//! | `console.log` | console lines, each after its UTC time |
 //! | `artifacts/` | files attached to the run |
 //! | `tensorboard/` | TensorBoard event files (scalars), when on |
 //! | `sync/mlflow.json`, `sync/wandb.json` | how far each upload got, when its sink is on |
@@ -64,6 +66,54 @@ pub use wandb::WandbConfig;
 pub const METRICS_FILE: &str = "metrics.jsonl";
 /// The folder of artifacts.
 pub const ARTIFACTS_DIR: &str = "artifacts";
+/// The JSONL file of system metrics (same record format).
+pub const SYSTEM_FILE: &str = "system.jsonl";
+/// The console lines of the run, each `<UTC time> <text>`.
+pub const CONSOLE_FILE: &str = "console.log";
+
+/// `2026-12-04T05:59:21.123456` (UTC) for Unix time `t`.
+pub fn utc_timestamp(t: f64) -> String {
+    let secs = t.floor() as i64;
+    let micros = ((t - t.floor()) * 1e6).round().min(999_999.0) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// This process's resident memory (MiB), CPU seconds (user + system) and threads,
+/// from `/proc/self` (Linux).
+fn process_sample() -> Option<(f64, f64, f64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| -> Option<f64> {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start after ") ".
+    let rest: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+    let ticks: f64 = rest.get(11)?.parse::<f64>().ok()? + rest.get(12)?.parse::<f64>().ok()?;
+    // Linux's USER_HZ is 100 on every supported architecture.
+    Some((field("VmRSS:")? / 1024.0, ticks / 100.0, field("Threads:")?))
+}
 
 /// What can go wrong.
 #[derive(Debug, thiserror::Error)]
@@ -317,6 +367,9 @@ pub struct TrackerConfig {
     /// Seconds after which `finish` stops waiting for a sink that has failed every
     /// attempt since `finish` began (a server that is down). Default 3.
     pub finish_unreachable_seconds: f64,
+    /// Seconds between samples of the process's memory, CPU use and threads
+    /// (`system.jsonl`; W&B's system events); 0 turns them off. Default 10.
+    pub system_interval_seconds: f64,
     /// Retries of remote sinks.
     pub retry: RetryConfig,
 }
@@ -330,6 +383,7 @@ impl Default for TrackerConfig {
             flush_ms: 100,
             finish_timeout_seconds: 30.0,
             finish_unreachable_seconds: 3.0,
+            system_interval_seconds: 10.0,
             retry: RetryConfig::default(),
         }
     }
@@ -360,6 +414,7 @@ impl TrackerConfig {
 
 enum Message {
     Log(u64, f64, Vec<(String, f64)>),
+    Console(f64, String),
     Summary(String, serde_json::Value),
     Flush(mpsc::Sender<()>),
 }
@@ -423,6 +478,8 @@ fn upload_loop(
         if finishing.load(Ordering::Relaxed) && deadline.is_none() {
             deadline = Some(Instant::now() + Duration::from_secs_f64(finish_timeout));
             finish_started = Some(Instant::now());
+            // The backoff built up during the run would outlast the finish: start over.
+            failures = 0;
         }
         // Only a pass that began after `finish` raised the flag has seen the final
         // status and the last records.
@@ -473,12 +530,21 @@ fn upload_loop(
             return "not caught up within the finish timeout; `run-tracking sync` sends the rest"
                 .into();
         }
-        // While finishing, the wait is cut short only by the deadline.
+        // While finishing, no wait outlasts the deadline or, before any success, the
+        // unreachable limit; otherwise a wait ends when `finish` begins.
         let stop = AtomicBool::new(false);
-        let flag = if finishing.load(Ordering::Relaxed) {
-            &stop
-        } else {
-            finishing
+        let (flag, wait) = match (finish_started, deadline) {
+            (Some(started), Some(deadline)) => {
+                let mut limit = deadline
+                    .saturating_duration_since(Instant::now())
+                    .as_secs_f64();
+                if !succeeded_while_finishing {
+                    limit =
+                        limit.min((finish_unreachable - started.elapsed().as_secs_f64()).max(0.0));
+                }
+                (&stop, wait.min(limit))
+            }
+            _ => (finishing, wait),
         };
         sleep_unless(flag, wait);
     }
@@ -517,6 +583,17 @@ impl Tracker {
             };
         let (sender, receiver) = mpsc::sync_channel::<Message>(QUEUE_CAPACITY);
         let flush_every = Duration::from_millis(config.flush_ms.max(1));
+        let mut system = record::JsonlWriter::open(&dir.join(SYSTEM_FILE))?;
+        let console_path = dir.join(CONSOLE_FILE);
+        let mut console = std::io::BufWriter::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&console_path)
+                .map_err(|e| io_error(&console_path, e))?,
+        );
+        let system_every = config.system_interval_seconds;
+        let mut last_sample: Option<(Instant, f64)> = None;
         let writer = std::thread::Builder::new()
             .name("run-tracking-writer".into())
             .spawn(move || -> Result<u64> {
@@ -531,6 +608,12 @@ impl Tracker {
                                 events.scalars(step, time, &metrics)?;
                             }
                             jsonl.append(step, time, metrics)?;
+                        }
+                        Ok(Message::Console(time, line)) => {
+                            for part in line.lines() {
+                                writeln!(console, "{} {part}", utc_timestamp(time))
+                                    .map_err(|e| io_error(&console_path, e))?;
+                            }
                         }
                         Ok(Message::Summary(key, value)) => {
                             summary.insert(key, value);
@@ -547,8 +630,29 @@ impl Tracker {
                         Err(RecvTimeoutError::Timeout) => {}
                         Err(RecvTimeoutError::Disconnected) => done = true,
                     }
+                    if system_every > 0.0
+                        && last_sample
+                            .is_none_or(|(t, _)| t.elapsed().as_secs_f64() >= system_every)
+                        && let Some((rss, cpu, threads)) = process_sample()
+                    {
+                        let mut metrics = vec![
+                            ("system/rss_mb".to_owned(), rss),
+                            ("system/threads".to_owned(), threads),
+                        ];
+                        if let Some((t, cpu_before)) = last_sample {
+                            let wall = t.elapsed().as_secs_f64().max(1e-9);
+                            metrics.push((
+                                "system/cpu_percent".to_owned(),
+                                100.0 * (cpu - cpu_before) / wall,
+                            ));
+                        }
+                        system.append(0, unix_time(), metrics)?;
+                        last_sample = Some((Instant::now(), cpu));
+                    }
                     if done || last_flush.elapsed() >= flush_every {
                         jsonl.flush()?;
+                        system.flush()?;
+                        console.flush().map_err(|e| io_error(&console_path, e))?;
                         if let Some(events) = &mut events {
                             events.flush()?;
                         }
@@ -628,6 +732,12 @@ impl Tracker {
     /// Logs metrics whose keys are already owned strings (no copy).
     pub fn log_owned(&self, step: u64, metrics: Vec<(String, f64)>) {
         self.send(Message::Log(step, unix_time(), metrics));
+    }
+
+    /// Records a console line (progress, warnings) with its time; W&B shows them as
+    /// the run's output.
+    pub fn console(&self, line: &str) {
+        self.send(Message::Console(unix_time(), line.to_owned()));
     }
 
     /// Sets a summary value (the latest wins).
@@ -762,11 +872,55 @@ mod tests {
     use super::*;
 
     #[test]
+    fn utc_timestamps_are_civil_dates() {
+        assert_eq!(utc_timestamp(0.0), "1970-01-01T00:00:00.000000");
+        assert_eq!(utc_timestamp(951_782_400.5), "2000-02-29T00:00:00.500000");
+        assert_eq!(
+            utc_timestamp(1_796_363_961.25),
+            "2026-12-04T05:59:21.250000"
+        );
+        assert!(
+            process_sample()
+                .is_some_and(|(rss, cpu, threads)| rss > 0.0 && cpu >= 0.0 && threads >= 1.0)
+        );
+    }
+
+    #[test]
     fn helpers_encode_as_the_standards_say() {
         assert_eq!(base64(b"api:key"), "YXBpOmtleQ==");
         assert_eq!(base64(b"ab"), "YWI=");
         assert_eq!(base64(b"abc"), "YWJj");
         assert_eq!(percent_encode("a b/c"), "a%20b%2Fc");
+    }
+
+    #[test]
+    fn a_server_down_all_run_costs_the_finish_only_a_few_seconds() {
+        // A closed loopback port: every upload is refused, and by the end of the run
+        // the backoff has grown past the unreachable limit.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = TrackerConfig::local();
+        config.mlflow.tracking_uri = Some(format!("http://127.0.0.1:{port}"));
+        config.retry.initial_seconds = 0.5;
+        config.finish_unreachable_seconds = 1.0;
+        let tracker = Tracker::start(dir.path(), RunInfo::new("down"), config).unwrap();
+        for step in 0..40 {
+            tracker.log(step, &[("x", step as f64)]);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let started = Instant::now();
+        let report = tracker.finish(Status::Finished).unwrap();
+        let seconds = started.elapsed().as_secs_f64();
+        assert!(seconds < 2.5, "finish took {seconds:.1} s");
+        assert!(
+            report.remote["mlflow"].contains("unreachable"),
+            "{report:?}"
+        );
+        assert_eq!(report.records, 40);
     }
 
     #[test]

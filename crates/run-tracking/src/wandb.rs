@@ -2,7 +2,8 @@
 //! creates (or resumes) the run with its configuration, group and tags; `file_stream`
 //! carries history lines (`wandb-history.jsonl`, offsets are line numbers), the summary
 //! (`wandb-summary.json`, the whole object as line 0) and the final
-//! `{"complete": true, "exitcode": N}`. HTTP Basic auth with user `api` and the key.
+//! `{"complete": true, "exitcode": N}`; system samples go to `wandb-events.jsonl` and
+//! console lines to `output.log`, each with its own line offset. HTTP Basic auth with user `api` and the key.
 //!
 //! Like the MLflow sink, uploads tail the run's JSONL from a saved state
 //! (`sync/wandb.json`): the history offset advances only after W&B accepted the lines,
@@ -110,6 +111,7 @@ pub fn netrc_password(text: &str, host: &str) -> Option<String> {
 
 /// What `sync/wandb.json` holds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct WandbState {
     /// The run id (the URL slug).
     pub run_id: Option<String>,
@@ -121,6 +123,14 @@ pub struct WandbState {
     pub offset: u64,
     /// History lines accepted (the next line's number).
     pub history_lines: u64,
+    /// Byte offset in `system.jsonl` up to which system events were accepted.
+    pub events_offset: u64,
+    /// System event lines accepted.
+    pub events_lines: u64,
+    /// Byte offset in `console.log` up to which console lines were accepted.
+    pub console_offset: u64,
+    /// Console lines accepted.
+    pub console_lines: u64,
     /// The summary last accepted (its JSON text).
     pub summary_sent: Option<String>,
     /// The `complete` exit code sent, once sent.
@@ -327,6 +337,44 @@ pub fn history_line(record: &record::Record, started: f64) -> String {
     serde_json::Value::Object(map).to_string()
 }
 
+/// A system sample as a W&B event line: `system.<name>` keys, `_wandb`, `_timestamp`,
+/// `_runtime`.
+pub fn event_line(record: &record::Record, started: f64) -> String {
+    let mut map = serde_json::Map::new();
+    for (key, value) in &record.metrics {
+        if value.is_finite() {
+            map.insert(key.replace('/', "."), serde_json::json!(value));
+        }
+    }
+    map.insert("_wandb".into(), true.into());
+    map.insert("_timestamp".into(), serde_json::json!(record.time));
+    map.insert(
+        "_runtime".into(),
+        serde_json::json!((record.time - started).max(0.0)),
+    );
+    serde_json::Value::Object(map).to_string()
+}
+
+/// The complete lines of a text file after byte `offset`, each with the offset after it.
+fn lines_from(path: &Path, offset: u64) -> Result<Vec<(String, u64)>> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_error(path, e)),
+    };
+    let mut out = Vec::new();
+    let mut position = offset as usize;
+    while position < bytes.len() {
+        let Some(end) = bytes[position..].iter().position(|&b| b == b'\n') else {
+            break;
+        };
+        let line = String::from_utf8_lossy(&bytes[position..position + end]).into_owned();
+        position += end + 1;
+        out.push((line, position as u64));
+    }
+    Ok(out)
+}
+
 fn state_path(dir: &Path) -> std::path::PathBuf {
     dir.join("sync").join("wandb.json")
 }
@@ -419,6 +467,37 @@ pub fn sync(dir: &Path, client: &Wandb, config: &WandbConfig) -> Result<SyncRepo
         report.lines += chunk.len() as u64;
         save_state(dir, &state)?;
     }
+    let events = record::read_from(&dir.join(crate::SYSTEM_FILE), state.events_offset)?;
+    for chunk in events.chunks(config.lines_per_request.max(1)) {
+        let content: Vec<String> = chunk
+            .iter()
+            .map(|(r, _)| event_line(r, info.started))
+            .collect();
+        client.file_stream(
+            &entity,
+            &project,
+            &run_id,
+            &serde_json::json!({"files": {"wandb-events.jsonl": {
+                "offset": state.events_lines, "content": content}}}),
+        )?;
+        state.events_lines += chunk.len() as u64;
+        state.events_offset = chunk.last().map_or(state.events_offset, |(_, end)| *end);
+        save_state(dir, &state)?;
+    }
+    let console = lines_from(&dir.join(crate::CONSOLE_FILE), state.console_offset)?;
+    for chunk in console.chunks(config.lines_per_request.max(1)) {
+        let content: Vec<&str> = chunk.iter().map(|(l, _)| l.as_str()).collect();
+        client.file_stream(
+            &entity,
+            &project,
+            &run_id,
+            &serde_json::json!({"files": {"output.log": {
+                "offset": state.console_lines, "content": content}}}),
+        )?;
+        state.console_lines += chunk.len() as u64;
+        state.console_offset = chunk.last().map_or(state.console_offset, |(_, end)| *end);
+        save_state(dir, &state)?;
+    }
     if let Ok(summary) = std::fs::read_to_string(dir.join("summary.json")) {
         let line = serde_json::from_str::<serde_json::Value>(&summary)
             .map(|v| v.to_string())
@@ -452,7 +531,9 @@ pub fn sync(dir: &Path, client: &Wandb, config: &WandbConfig) -> Result<SyncRepo
         state.complete_sent = Some(code);
         save_state(dir, &state)?;
     }
-    let left = record::read_from(&dir.join(crate::METRICS_FILE), state.offset)?.len();
+    let left = record::read_from(&dir.join(crate::METRICS_FILE), state.offset)?.len()
+        + record::read_from(&dir.join(crate::SYSTEM_FILE), state.events_offset)?.len()
+        + lines_from(&dir.join(crate::CONSOLE_FILE), state.console_offset)?.len();
     report.caught_up = left == 0 && (exitcode.is_none() || state.complete_sent.is_some());
     Ok(report)
 }

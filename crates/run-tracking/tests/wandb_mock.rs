@@ -184,6 +184,7 @@ fn config(url: &str) -> TrackerConfig {
             interval_seconds: 0.1,
         },
         finish_timeout_seconds: 30.0,
+        system_interval_seconds: 0.1,
         ..TrackerConfig::local()
     }
 }
@@ -200,9 +201,12 @@ fn history_arrives_contiguous_and_once_through_faults_and_a_resume() {
             .with_config(serde_json::json!({"lr": 0.01, "search": {"population": 50}}))
     };
     let tracker = Tracker::start(&run, info(), config(&mock.url)).unwrap();
+    tracker.console("first start");
     for step in 0..250u64 {
         tracker.log(step, &[("train/loss", 1.0 / (step + 1) as f64)]);
     }
+    std::thread::sleep(Duration::from_millis(350));
+    tracker.console("logged 250");
     tracker.summary("best/loss", serde_json::json!(0.004));
     let report = tracker.finish(Status::Finished).unwrap();
     assert_eq!(report.remote["wandb"], "caught up", "{report:?}");
@@ -212,6 +216,8 @@ fn history_arrives_contiguous_and_once_through_faults_and_a_resume() {
     for step in 250..350u64 {
         tracker.log(step, &[("train/loss", 1.0 / (step + 1) as f64)]);
     }
+    tracker.console("resumed");
+    std::thread::sleep(Duration::from_millis(250));
     let report = tracker.finish(Status::Finished).unwrap();
     assert_eq!(report.remote["wandb"], "caught up", "{report:?}");
 
@@ -291,6 +297,30 @@ fn history_arrives_contiguous_and_once_through_faults_and_a_resume() {
         summaries[0].body["files"]["wandb-summary.json"]["content"][0],
         "{\"best/loss\":0.004}"
     );
+    // System events and console lines: contiguous offsets too, every line once.
+    for (file, check) in [("wandb-events.jsonl", "system.rss_mb"), ("output.log", "")] {
+        let mut lines = Vec::new();
+        for r in &streams {
+            if let Some(f) = r.body["files"][file].as_object() {
+                assert_eq!(f["offset"], lines.len() as u64, "{file}");
+                for line in f["content"].as_array().unwrap() {
+                    lines.push(line.as_str().unwrap().to_owned());
+                }
+            }
+        }
+        assert!(lines.len() >= 3, "{file}: {lines:?}");
+        if check.is_empty() {
+            let texts: Vec<&str> = lines.iter().map(|l| l.split_once(' ').unwrap().1).collect();
+            assert_eq!(texts, ["first start", "logged 250", "resumed"]);
+            assert!(lines[0].starts_with("20") && lines[0].as_bytes()[10] == b'T');
+        } else {
+            for line in &lines {
+                let event: serde_json::Value = serde_json::from_str(line).unwrap();
+                assert!(event[check].as_f64().unwrap() > 0.0, "{line}");
+                assert_eq!(event["_wandb"], true);
+            }
+        }
+    }
     let completes = streams
         .iter()
         .filter(|r| r.body["complete"] == true)
