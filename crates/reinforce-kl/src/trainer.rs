@@ -472,15 +472,19 @@ pub fn train_observed<P: Policy>(
                         step_kl_count += 1;
                         loss = loss + kl * (state.kl_coefficient / n);
                     }
-                    if config.entropy_bonus > 0.0
-                        && let Some(distributions) = &scores.distributions
-                    {
+                    if let Some(distributions) = &scores.distributions {
                         let d = &distributions[j];
-                        let entropy = -(d.exp() * d).sum(Kind::Float);
                         let tokens = d.size().first().copied().unwrap_or(1).max(1);
-                        step_entropy += entropy.double_value(&[]) / tokens as f64;
+                        if config.entropy_bonus > 0.0 {
+                            let entropy = -(d.exp() * d).sum(Kind::Float);
+                            step_entropy += entropy.double_value(&[]) / tokens as f64;
+                            loss = loss - entropy * (config.entropy_bonus / n);
+                        } else {
+                            // Measured for the observer only: no graph.
+                            let entropy = tch::no_grad(|| -(d.exp() * d).sum(Kind::Float));
+                            step_entropy += entropy.double_value(&[]) / tokens as f64;
+                        }
                         step_entropy_count += 1;
-                        loss = loss - entropy * (config.entropy_bonus / n);
                     }
                 }
                 let loss_value = loss.double_value(&[]);

@@ -3,8 +3,8 @@
 
 use reinforce_kl::objective::advantages;
 use reinforce_kl::{
-    Baseline, Error, Event, KlEstimator, OptimizerConfig, Policy, Result, Scores, TrainerConfig,
-    Validation, train,
+    Baseline, Error, Event, KlEstimator, OptimizerConfig, Policy, Result, Scores, StepMetrics,
+    TrainerConfig, Validation, train, train_observed,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -462,4 +462,65 @@ fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
     .unwrap_err();
     assert!(error.to_string().contains("trainer.safetensors"), "{error}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_step_observer_sees_every_step_and_changes_nothing() {
+    let settings = TrainerConfig {
+        kl_estimator: KlEstimator::ExactForward,
+        ..config()
+    };
+    let run = |observe: bool| {
+        let mut policy = Categorical::new(1);
+        let mut validate = |p: &mut Categorical| -> Result<Validation> {
+            Ok(Validation {
+                score: p.probability(TARGET),
+                ..Validation::default()
+            })
+        };
+        let mut seen: Vec<StepMetrics> = Vec::new();
+        let mut observer = |m: &StepMetrics| {
+            if observe {
+                seen.push(m.clone())
+            }
+        };
+        let report = train_observed(
+            &mut policy,
+            &prompts(),
+            &reward,
+            &mut validate,
+            &settings,
+            None,
+            &mut observer,
+        )
+        .unwrap();
+        (report.state, policy.probability(TARGET), seen)
+    };
+    let (state, probability, seen) = run(true);
+    let (plain_state, plain_probability, _) = run(false);
+    assert_eq!(
+        (state.clone(), probability),
+        (plain_state, plain_probability)
+    );
+    assert_eq!(seen.len(), state.step);
+    assert_eq!(
+        seen.iter().map(|m| m.step).collect::<Vec<_>>(),
+        (0..state.step).collect::<Vec<_>>()
+    );
+    assert_eq!(seen[0].epoch, 1);
+    assert_eq!(seen.last().unwrap().epoch, state.epoch);
+    for m in &seen {
+        assert!(m.reward_std >= 0.0 && m.kl_mean >= -1e-9 && !m.skipped);
+        assert!(m.grad_norm.is_some_and(f64::is_finite) && m.learning_rate.is_some());
+        // The exact KL computes distributions, so the entropy is measured.
+        assert!(m.entropy_mean.is_some_and(|e| e > 0.0));
+    }
+    // Rewards rise as the policy learns the target.
+    let first: f64 = seen[..10].iter().map(|m| m.reward_mean).sum::<f64>() / 10.0;
+    let last: f64 = seen[seen.len() - 10..]
+        .iter()
+        .map(|m| m.reward_mean)
+        .sum::<f64>()
+        / 10.0;
+    assert!(last > first, "{first} -> {last}");
 }
