@@ -219,6 +219,52 @@ pub(crate) fn percent_encode(text: &str) -> String {
         .collect()
 }
 
+/// A sink's upload state, `sync/<sink>.json` in the run directory (default when absent).
+pub(crate) fn load_sync_state<T: serde::de::DeserializeOwned + Default>(
+    dir: &Path,
+    sink: &str,
+) -> Result<T> {
+    let path = dir.join("sync").join(format!("{sink}.json"));
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map_err(|e| io_error(&path, format!("not a {sink} sync state: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err(io_error(&path, e)),
+    }
+}
+
+/// Saves a sink's upload state atomically.
+pub(crate) fn save_sync_state<T: Serialize>(dir: &Path, sink: &str, state: &T) -> Result<()> {
+    let path = dir.join("sync").join(format!("{sink}.json"));
+    let text = serde_json::to_vec_pretty(state).map_err(|e| io_error(&path, e))?;
+    write_atomic(&path, &text)
+}
+
+/// One HTTP exchange of a remote sink: the status, the seconds `Retry-After` asks for,
+/// and the body. A failure to connect or to read is retryable.
+pub(crate) fn exchange(
+    service: &'static str,
+    agent: &ureq::Agent,
+    request: ureq::http::Request<Vec<u8>>,
+    what: &str,
+) -> Result<(u16, Option<f64>, String)> {
+    let connection = |e: ureq::Error| Error::Remote {
+        service,
+        retryable: true,
+        retry_after: None,
+        message: format!("{what}: {e}"),
+    };
+    let mut response = agent.run(request).map_err(connection)?;
+    let retry_after = response
+        .headers()
+        .get("Retry-After")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().map_err(connection)?;
+    Ok((status, retry_after, text))
+}
+
 /// Every file under `dir`, relative to `base`, sorted, `/`-separated.
 pub(crate) fn files_under(dir: &Path, base: &Path, out: &mut Vec<String>) -> Result<()> {
     let mut entries: Vec<_> = std::fs::read_dir(dir)

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result, RunInfo, Status, io_error, record, write_atomic};
+use crate::{Error, Result, RunInfo, Status, io_error, record};
 
 /// Where MLflow is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -195,23 +195,9 @@ impl Mlflow {
         let request = builder
             .body(bytes)
             .map_err(|e| remote(false, None, format!("{method} {path}: {e}")))?;
-        let mut response = self.agent.run(request).map_err(|e| {
-            // Connection refused, reset, timeouts: the server may come back.
-            remote(true, None, format!("{method} {path}: {e}"))
-        })?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get("Retry-After")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok());
-        let text = response.body_mut().read_to_string().map_err(|e| {
-            remote(
-                true,
-                None,
-                format!("{method} {path}: reading the answer: {e}"),
-            )
-        })?;
+        // Connection refused, reset, timeouts: retryable, the server may come back.
+        let (status, retry_after, text) =
+            crate::exchange("mlflow", &self.agent, request, &format!("{method} {path}"))?;
         if (200..300).contains(&status) {
             if text.trim().is_empty() {
                 return Ok(serde_json::Value::Null);
@@ -424,25 +410,13 @@ pub fn flatten_params(config: &serde_json::Value) -> Vec<(String, String)> {
     out
 }
 
-fn state_path(dir: &Path) -> std::path::PathBuf {
-    dir.join("sync").join("mlflow.json")
-}
-
 /// The upload state of a run directory.
 pub fn load_state(dir: &Path) -> Result<MlflowState> {
-    let path = state_path(dir);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text)
-            .map_err(|e| io_error(&path, format!("not an MLflow sync state: {e}"))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(MlflowState::default()),
-        Err(e) => Err(io_error(&path, e)),
-    }
+    crate::load_sync_state(dir, "mlflow")
 }
 
 fn save_state(dir: &Path, state: &MlflowState) -> Result<()> {
-    let path = state_path(dir);
-    let text = serde_json::to_vec_pretty(state).map_err(|e| io_error(&path, e))?;
-    write_atomic(&path, &text)
+    crate::save_sync_state(dir, "mlflow", state)
 }
 
 /// One upload pass over run directory `dir`: creates the run when needed, sends the

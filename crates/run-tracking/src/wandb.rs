@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result, RunInfo, Status, io_error, record, write_atomic};
+use crate::{Error, Result, RunInfo, Status, io_error, record};
 
 /// An API key: never serialized, shown as `***`.
 #[derive(Clone, PartialEq, Eq)]
@@ -200,20 +200,8 @@ impl Wandb {
             .header("Authorization", &self.authorization)
             .body(serde_json::to_vec(body).unwrap_or_default())
             .map_err(|e| remote(false, None, format!("POST {path}: {e}")))?;
-        let mut response = self
-            .agent
-            .run(request)
-            .map_err(|e| remote(true, None, format!("POST {path}: {e}")))?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get("Retry-After")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok());
-        let text = response
-            .body_mut()
-            .read_to_string()
-            .map_err(|e| remote(true, None, format!("POST {path}: reading the answer: {e}")))?;
+        let (status, retry_after, text) =
+            crate::exchange("wandb", &self.agent, request, &format!("POST {path}"))?;
         if !(200..300).contains(&status) {
             // The official client retries everything but these.
             let retryable = !matches!(status, 400 | 401 | 403 | 404 | 409 | 410);
@@ -375,25 +363,13 @@ fn lines_from(path: &Path, offset: u64) -> Result<Vec<(String, u64)>> {
     Ok(out)
 }
 
-fn state_path(dir: &Path) -> std::path::PathBuf {
-    dir.join("sync").join("wandb.json")
-}
-
 /// The upload state of a run directory.
 pub fn load_state(dir: &Path) -> Result<WandbState> {
-    let path = state_path(dir);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text)
-            .map_err(|e| io_error(&path, format!("not a W&B sync state: {e}"))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(WandbState::default()),
-        Err(e) => Err(io_error(&path, e)),
-    }
+    crate::load_sync_state(dir, "wandb")
 }
 
 fn save_state(dir: &Path, state: &WandbState) -> Result<()> {
-    let path = state_path(dir);
-    let text = serde_json::to_vec_pretty(state).map_err(|e| io_error(&path, e))?;
-    write_atomic(&path, &text)
+    crate::save_sync_state(dir, "wandb", state)
 }
 
 /// A run id: 8 lowercase letters and digits from the clock and the process.
