@@ -1,6 +1,7 @@
 //! The report's plots as SVG text (plotters' SVG backend into a string), so that
 //! `report.html` can carry them inline and `report.md` can link them as files.
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use crate::{Error, Result};
@@ -34,6 +35,23 @@ fn range(values: impl Iterator<Item = f64>, include_zero: bool) -> std::ops::Ran
     }
     let pad = ((hi - lo) * 0.05).max(1e-6);
     (lo - if include_zero && lo == 0.0 { 0.0 } else { pad })..(hi + pad)
+}
+
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// The legend of a chart, boxed, at `position`.
+fn legend<'a, 'b: 'a>(
+    chart: &mut Chart<'a, 'b>,
+    position: SeriesLabelPosition,
+    title: &str,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| plot_error(title, e))
 }
 
 /// Grouped bars: one group per category, one bar per series.
@@ -93,13 +111,7 @@ pub fn bars(
                 });
         }
         if series.len() > 1 {
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .draw()
-                .map_err(|e| plot_error(title, e))?;
+            legend(&mut chart, SeriesLabelPosition::UpperRight, title)?;
         }
         root.present().map_err(|e| plot_error(title, e))?;
     }
@@ -172,13 +184,7 @@ pub fn lines(
                 .map_err(|e| plot_error(title, e))?;
         }
         if series.len() > 1 {
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::LowerRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .draw()
-                .map_err(|e| plot_error(title, e))?;
+            legend(&mut chart, SeriesLabelPosition::LowerRight, title)?;
         }
         root.present().map_err(|e| plot_error(title, e))?;
     }
@@ -226,13 +232,7 @@ pub fn scatter(title: &str, x_label: &str, y_label: &str, layers: &[Layer<'_>]) 
                 .label(*name)
                 .legend(move |(x, y)| Circle::new((x + 6, y), radius, colour.filled()));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| plot_error(title, e))?;
+        legend(&mut chart, SeriesLabelPosition::LowerRight, title)?;
         root.present().map_err(|e| plot_error(title, e))?;
     }
     Ok(svg)
