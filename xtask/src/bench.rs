@@ -26,6 +26,7 @@ pub const BENCHES: &[&str] = &[
     "profile",
     "mixture",
     "tracking",
+    "openrouter",
 ];
 
 /// Runs `cargo <args>` in the repository with extra environment, failing on a non-zero exit.
@@ -116,6 +117,7 @@ pub fn run(root: &Path, name: &str) -> Result<()> {
             run_example(root, "self-eval", "bench_mixture", &[&dir, "7"], &[])
         }
         "tracking" => tracking(root),
+        "openrouter" => openrouter(root),
         other => bail!("unknown benchmark `{other}`; known: {}", BENCHES.join(", ")),
     }
 }
@@ -509,4 +511,104 @@ fn tracking(root: &Path) -> Result<()> {
         "\nTargets: at most 2000 ns per scalar on the calling thread, at least 100,000 scalars/s to the JSONL."
     );
     Ok(())
+}
+
+/// openrouter-gen's client against a minimal Python client (http.client, a persistent
+/// connection per thread), alternating, three rounds each: 20,000 chat completions
+/// with 16 in flight to the loopback mock (`openrouter-gen mock`, its own process, so
+/// the CPU measured is the client's alone).
+fn openrouter(root: &Path) -> Result<()> {
+    cargo(
+        root,
+        &["build", "--release", "--quiet", "-p", "openrouter-gen"],
+        &[],
+    )?;
+    let binary = root.join("target/release/openrouter-gen");
+    let mut mock = Command::new(&binary)
+        .args(["mock", "--port", "0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot start the mock server")?;
+    let url = {
+        use std::io::BufRead;
+        let stdout = mock.stdout.take().context("mock stdout")?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        line.trim().to_owned()
+    };
+    let result = (|| -> Result<()> {
+        let measure = |command: &mut Command| -> Result<serde_json::Value> {
+            let output = command.output().context("cannot run the benchmark")?;
+            if !output.status.success() {
+                bail!("{}", String::from_utf8_lossy(&output.stderr));
+            }
+            let text = String::from_utf8_lossy(&output.stdout);
+            serde_json::from_str(text.lines().last().unwrap_or_default())
+                .with_context(|| format!("unexpected output: {text}"))
+        };
+        let peer = root.join("crates/openrouter-gen/scripts/bench_peer.py");
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            ours.push(measure(Command::new(&binary).args([
+                "bench-client",
+                "--base-url",
+                &url,
+                "--requests",
+                "20000",
+                "--in-flight",
+                "16",
+            ]))?);
+            theirs.push(measure(Command::new("python3").arg(&peer).args([
+                url.as_str(),
+                "20000",
+                "16",
+            ]))?);
+        }
+        let field = |rows: &[serde_json::Value], key: &str| -> Vec<f64> {
+            rows.iter()
+                .map(|r| r[key].as_f64().unwrap_or(f64::NAN))
+                .collect()
+        };
+        let median = |v: &[f64]| {
+            let mut v = v.to_vec();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        println!(
+            "| measure | openrouter-gen client (3 rounds) | Python http.client (3 rounds) | ratio (median) |\n|---|---|---|---|"
+        );
+        for (key, label, higher_is_better) in [
+            (
+                "requests_per_second",
+                "requests per second, 16 in flight",
+                true,
+            ),
+            ("cpu_us_per_request", "client CPU per request, µs", false),
+        ] {
+            let (a, b) = (field(&ours, key), field(&theirs, key));
+            let ratio = if higher_is_better {
+                median(&a) / median(&b)
+            } else {
+                median(&b) / median(&a)
+            };
+            let list = |v: &[f64]| {
+                v.iter()
+                    .map(|x| format!("{x:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            println!(
+                "| {label} | {} | {} | {ratio:.2}x ours better |",
+                list(&a),
+                list(&b)
+            );
+        }
+        println!(
+            "\nTarget: at least 1,000 requests/s with 16 in flight, so the API is always the bottleneck."
+        );
+        Ok(())
+    })();
+    let _ = mock.kill();
+    let _ = mock.wait();
+    result
 }

@@ -5,12 +5,13 @@
 //! probability recorded) and alignment (training on the problem must not pull z against
 //! the alignment suite's preference direction). Every verdict keeps its numbers.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use eudaimonia_gate::PromptFormat;
 use lm::Tokenizer;
 use reinforce_kl::SvfPolicy;
 use serde::{Deserialize, Serialize};
+pub use synth_tasks::dedup::DuplicateIndex;
 use synth_tasks::{Domain, Problem, Rng, Split};
 
 use crate::answer::Answerer;
@@ -91,111 +92,6 @@ pub struct ProblemVerdict {
     pub nearest_similarity: Option<f64>,
 }
 
-/// Character 3-gram shingles of a normalised prompt.
-fn shingles(text: &str) -> Vec<u64> {
-    let bytes: Vec<u8> = normalise(text).into_bytes();
-    let mut out: Vec<u64> = if bytes.len() < 3 {
-        vec![bytes.iter().fold(0u64, |h, &b| h << 8 | u64::from(b))]
-    } else {
-        bytes
-            .windows(3)
-            .map(|w| u64::from(w[0]) << 16 | u64::from(w[1]) << 8 | u64::from(w[2]))
-            .collect()
-    };
-    out.sort_unstable();
-    out.dedup();
-    out
-}
-
-fn normalise(text: &str) -> String {
-    text.chars()
-        .filter(|c| !c.is_whitespace())
-        .flat_map(char::to_lowercase)
-        .collect()
-}
-
-/// Jaccard similarity of two sorted, deduplicated sets.
-fn jaccard(a: &[u64], b: &[u64]) -> f64 {
-    let (mut i, mut j, mut common) = (0, 0, 0usize);
-    while i < a.len() && j < b.len() {
-        match a[i].cmp(&b[j]) {
-            std::cmp::Ordering::Less => i += 1,
-            std::cmp::Ordering::Greater => j += 1,
-            std::cmp::Ordering::Equal => {
-                common += 1;
-                i += 1;
-                j += 1;
-            }
-        }
-    }
-    let union = a.len() + b.len() - common;
-    if union == 0 {
-        1.0
-    } else {
-        common as f64 / union as f64
-    }
-}
-
-/// The prompts a dataset must stay away from (held-out sets) and those it already
-/// holds.
-#[derive(Debug, Default, Clone)]
-pub struct DuplicateIndex {
-    exact: HashSet<String>,
-    shingles: Vec<(Vec<u64>, bool)>,
-}
-
-impl DuplicateIndex {
-    /// An index of held-out prompts.
-    pub fn held_out<'a>(prompts: impl IntoIterator<Item = &'a str>) -> Self {
-        let mut index = Self::default();
-        for p in prompts {
-            index.exact.insert(format!("held-out\u{0}{}", normalise(p)));
-            index.shingles.push((shingles(p), true));
-        }
-        index
-    }
-
-    /// `Some(reason)` when `prompt` duplicates or nearly duplicates a held-out or kept
-    /// prompt, and the highest similarity found.
-    fn check(&self, prompt: &str, threshold: f64) -> (Option<String>, f64) {
-        let key = normalise(prompt);
-        if self.exact.contains(&format!("held-out\u{0}{key}")) {
-            return (Some("duplicate of a held-out problem".into()), 1.0);
-        }
-        if self.exact.contains(&format!("kept\u{0}{key}")) {
-            return (Some("exact duplicate within the dataset".into()), 1.0);
-        }
-        let own = shingles(prompt);
-        let mut best = (0.0, false);
-        for (other, held_out) in &self.shingles {
-            let s = jaccard(&own, other);
-            if s > best.0 {
-                best = (s, *held_out);
-            }
-        }
-        if best.0 >= threshold {
-            let what = if best.1 {
-                "a held-out problem"
-            } else {
-                "a kept problem"
-            };
-            return (
-                Some(format!(
-                    "near duplicate of {what} (3-gram Jaccard {:.2})",
-                    best.0
-                )),
-                best.0,
-            );
-        }
-        (None, best.0)
-    }
-
-    fn keep(&mut self, prompt: &str) {
-        self.exact.insert(format!("kept\u{0}{}", normalise(prompt)));
-        self.shingles.push((shingles(prompt), false));
-    }
-}
-
 /// The held-out prompts a dataset must not duplicate: `per_domain` held-out problems of
 /// every domain at each difficulty `difficulties(domain)` lists (seeded).
 pub fn held_out_index(
@@ -270,7 +166,7 @@ pub fn validate_candidates(
         }
         let (duplicate, similarity) = batch_index.check(&p.prompt, config.near_duplicate);
         if let Some(d) = duplicate {
-            reasons.push(d);
+            reasons.push(d.reason());
         }
         if reasons.is_empty() {
             batch_index.keep(&p.prompt);
@@ -505,36 +401,4 @@ pub fn build_dataset(
         verdicts,
     };
     Ok((kept, report))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn duplicates_exact_and_near() {
-        let mut index = DuplicateIndex::held_out(["sort(12,45,67,89,23,56,78,90,11)=", "1+2="]);
-        let (reason, _) = index.check("1 + 2=", 0.9);
-        assert_eq!(reason.as_deref(), Some("duplicate of a held-out problem"));
-        // One changed digit in a long prompt: 3-gram Jaccard 0.82.
-        let (reason, similarity) = index.check("sort(12,45,67,89,23,56,78,90,19)=", 0.8);
-        assert!(
-            reason.unwrap().contains("near duplicate of a held-out"),
-            "{similarity}"
-        );
-        assert!(
-            index
-                .check("sort(12,45,67,89,23,56,78,90,19)=", 0.9)
-                .0
-                .is_none()
-        );
-        let (reason, _) = index.check("47+25=", 0.9);
-        assert!(reason.is_none());
-        index.keep("47+25=");
-        assert_eq!(
-            index.check("47+25=", 0.9).0.as_deref(),
-            Some("exact duplicate within the dataset")
-        );
-        assert!((jaccard(&shingles("abcd"), &shingles("abce")) - 1.0 / 3.0).abs() < 1e-12);
-    }
 }

@@ -22,6 +22,7 @@
 //! ```
 #![doc(test(attr(deny(warnings))))]
 
+pub mod dedup;
 mod domains;
 mod solve;
 mod suites;
