@@ -41,7 +41,8 @@ pub struct GeneratorConfig {
     pub fallback_models: Vec<String>,
     /// OpenRouter `provider` routing object. Default `{"require_parameters": true,
     /// "data_collection": "deny"}` (only providers that honour the schema and the seed,
-    /// and that do not keep prompts). `null` sends none (other servers).
+    /// and that do not keep prompts). An empty object (or `null`) sends none (other
+    /// servers).
     pub provider: Value,
     /// Problems asked for per request. Default 10.
     pub problems_per_request: usize,
@@ -462,7 +463,12 @@ impl ApiSource {
                     .collect::<Vec<_>>()
             );
         }
-        if !self.config.provider.is_null() {
+        let empty = self
+            .config
+            .provider
+            .as_object()
+            .is_some_and(|o| o.is_empty());
+        if !self.config.provider.is_null() && !empty {
             body["provider"] = self.config.provider.clone();
         }
         body

@@ -396,12 +396,13 @@ pub fn problem_writer(
         let difficulty: u32 = field(first, "Difficulty:")
             .and_then(|d| d.parse().ok())
             .unwrap_or(1);
+        // "Write exactly N new problems" (or a re-ask's "with exactly N problems"):
+        // the first `exactly` followed by a number.
         let wanted: usize = request
             .last_user_message()
             .split("exactly ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
+            .skip(1)
+            .find_map(|rest| rest.split_whitespace().next()?.parse().ok())
             .unwrap_or(1);
         let content = match domain {
             Some(d) => {

@@ -38,7 +38,8 @@ fn spec(domain: &str, n: usize) -> GenerationSpec {
         }],
         num_examples: n,
         format: "prompt `Q?`, answer `A`".into(),
-        special_requirements: vec!["one exact answer".into()],
+        // As self-eval writes them: "exactly" before the count must not confuse the mock.
+        special_requirements: vec!["prompts in exactly the domain's format".into()],
     }
 }
 
@@ -405,6 +406,9 @@ fn four_hundred_problems_for_one_domain_with_a_cost_report() {
     let mut s = ApiSource::with_client(c, client, held_out).unwrap();
     let problems = s.problems(&spec("arithmetic", 400), 400).unwrap();
     assert_eq!(problems.len(), 400);
+    // Ten problems a reply: about 40 requests, more for screened-out problems.
+    let requests = chat_requests(&server).len();
+    assert!((40..=60).contains(&requests), "{requests}");
     let mut prompts: Vec<&str> = problems.iter().map(|p| p.prompt.as_str()).collect();
     prompts.sort_unstable();
     prompts.dedup();

@@ -81,8 +81,9 @@ pub struct BudgetSection {
     /// Most wall-clock minutes for the whole run; a stage that would start after it is
     /// spent is not started. Default 120.
     pub wall_minutes: f64,
-    /// Most US dollars for paid API calls. Default 0: the run is offline (problems come
-    /// from `synth-tasks`).
+    /// Most US dollars for paid API calls (problem generation through
+    /// `openrouter-gen`): a hard cap, each request's worst case reserved before it is
+    /// sent. Default 0: the run is offline (problems come from `synth-tasks`).
     pub usd: f64,
 }
 
@@ -160,6 +161,31 @@ pub struct DataSection {
     /// Fewest accepted problems an expert may train on; fewer stop the run with the
     /// validation report named. Default 32.
     pub min_problems: usize,
+    /// Where candidate problems come from. Default `auto`: the API when its key is set
+    /// (`data.api.client.api_key_env`, default `$OPENROUTER_API_KEY`) and `budget.usd`
+    /// is above 0, else `synth-tasks`' procedural generators.
+    pub source: DataSource,
+    /// The curated problems of `source = "file"`: JSONL, one `{"prompt", "answer",
+    /// "domain", "difficulty"?}` per line. Default none.
+    pub file: Option<PathBuf>,
+    /// API generation (`openrouter-gen`: model, fallbacks, concurrency, cache, prices,
+    /// retries). Its `budget_usd` is replaced by `budget.usd`, the run's cap.
+    pub api: openrouter_gen::generate::GeneratorConfig,
+}
+
+/// Where stage 1's candidate problems come from (every source's problems are then
+/// validated the same way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataSource {
+    /// The API when a key is set and `budget.usd` > 0, else procedural.
+    Auto,
+    /// `synth-tasks`' procedural generators (offline, free).
+    Procedural,
+    /// An OpenAI-compatible API through `openrouter-gen`.
+    Api,
+    /// A user's JSONL file of curated problems (`data.file`).
+    File,
 }
 
 impl Default for DataSection {
@@ -173,6 +199,9 @@ impl Default for DataSection {
             alignment_items: 64,
             held_out_per_domain: 300,
             min_problems: 32,
+            source: DataSource::Auto,
+            file: None,
+            api: openrouter_gen::generate::GeneratorConfig::default(),
         }
     }
 }
@@ -375,12 +404,21 @@ impl Config {
                 self.budget.wall_minutes
             )));
         }
-        if self.budget.usd != 0.0 {
+        if self.budget.usd.is_nan() || self.budget.usd < 0.0 || self.budget.usd.is_infinite() {
             return Err(Error::Config(format!(
-                "budget.usd is {}: paid problem generation (openrouter-gen) is not part of this build; set 0",
+                "budget.usd is {}, expected a finite number of US dollars >= 0",
                 self.budget.usd
             )));
         }
+        if self.data.source == DataSource::File && self.data.file.is_none() {
+            return Err(Error::Config(
+                "data.source is \"file\" but data.file is not set".into(),
+            ));
+        }
+        self.data
+            .api
+            .check()
+            .map_err(|e| Error::Config(format!("data.api: {e}")))?;
         let spec = &self.data.spec;
         if spec.min_examples == 0 || spec.min_examples > spec.max_examples {
             return Err(Error::Config(format!(
@@ -486,9 +524,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(message.contains("min_top1_agreement"), "{message}");
-        let message = Config::parse("[budget]\nusd = 20.0\n")
+        let message = Config::parse("[budget]\nusd = -1.0\n")
             .unwrap_err()
             .to_string();
-        assert!(message.contains("openrouter"), "{message}");
+        assert!(message.contains("budget.usd"), "{message}");
+        let message = Config::parse("[data]\nsource = \"file\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("data.file"), "{message}");
+        let message = Config::parse("[data.api]\nconcurrency = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("data.api") && message.contains("concurrency"),
+            "{message}"
+        );
+        let message = Config::parse("[data.api]\nmodle = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("modle"), "{message}");
     }
 }

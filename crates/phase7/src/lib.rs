@@ -150,14 +150,23 @@ fn stage_inputs(
             )))?,
             vec![float, dir("profile")],
         ),
-        "data" => (
-            value(serde_json::to_value((
-                &config.data,
-                &config.training.expert,
-                seed,
-            )))?,
-            vec![float, dir("profile"), dir("plan")],
-        ),
+        "data" => {
+            let mut inputs = vec![float, dir("profile"), dir("plan")];
+            if config.data.source == crate::config::DataSource::File
+                && let Some(file) = &config.data.file
+            {
+                inputs.push(file.clone());
+            }
+            (
+                value(serde_json::to_value((
+                    &config.data,
+                    &config.training.expert,
+                    config.budget.usd,
+                    seed,
+                )))?,
+                inputs,
+            )
+        }
         "search" | "validate" | "export" => {
             let mut inputs = vec![float, dir("profile"), dir("plan")];
             let experts = stages::roles(run)?.len();

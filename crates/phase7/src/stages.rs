@@ -320,11 +320,65 @@ pub fn data_stage(run: &RunDir, config: &Config, dir: &Path, log: Log<'_>) -> Re
         format,
         alignment_gradient,
     };
+    let mut external = external_source(config, &held_out, log)?;
     for (k, spec) in specs.iter().enumerate() {
         let started = Instant::now();
         let mut rng = synth_tasks::Rng::new(config.seed ^ 0xda7a ^ spec.expert_id as u64);
-        let mut source = |n: usize| synth_candidates(spec, n, &mut rng);
-        let (kept, report) = build_dataset(&mut checks, spec, &mut source, &held_out, &validation)?;
+        let generation_spec: openrouter_gen::spec::GenerationSpec = serde_json::to_value(spec)
+            .and_then(serde_json::from_value)
+            .map_err(|e| Error::Input(format!("spec of expert {k} as a generation spec: {e}")))?;
+        let mut source = |n: usize| -> self_eval::Result<Vec<self_eval::validate::Candidate>> {
+            match external.as_mut() {
+                None => synth_candidates(spec, n, &mut rng),
+                Some(source) => {
+                    let problems = source
+                        .problems(&generation_spec, n)
+                        .map_err(|e| self_eval::Error::Data(e.to_string()))?;
+                    Ok(problems
+                        .into_iter()
+                        .filter_map(|p| {
+                            let source = p.source.clone();
+                            p.to_problem()
+                                .map(|problem| self_eval::validate::Candidate { problem, source })
+                        })
+                        .collect())
+                }
+            }
+        };
+        let built = build_dataset(&mut checks, spec, &mut source, &held_out, &validation);
+        if let Some(source) = &external {
+            write_generation_report(dir, source.as_ref())?;
+        }
+        let (kept, report) = built?;
+        if let Some(source) = &external {
+            let generation = source.report();
+            log(&format!(
+                "data {k} `{}`: {} problems from {}, {} requests ({} from the cache), ${:.4} of ${:.2} spent{}",
+                spec.expert_name,
+                generation
+                    .per_expert
+                    .get(&spec.expert_name)
+                    .map_or(0, |t| t.accepted),
+                source.name(),
+                generation.total.requests,
+                generation.total.cache_hits,
+                generation.total.usd,
+                config.budget.usd,
+                generation
+                    .stopped
+                    .as_ref()
+                    .map(|s| format!("; stopped: {s}"))
+                    .unwrap_or_default()
+            ));
+            if let Some(stopped) = &generation.stopped
+                && !stopped.starts_with("budget")
+            {
+                return Err(Error::Input(format!(
+                    "{}: problem generation stopped: {stopped}",
+                    dir.join("generation_report.md").display()
+                )));
+            }
+        }
         let report_path = dir.join(format!("dataset_{k}.report.json"));
         write_json(&report_path, &report)?;
         let lines: Vec<String> = kept
@@ -374,6 +428,64 @@ pub fn data_stage(run: &RunDir, config: &Config, dir: &Path, log: Log<'_>) -> Re
             )));
         }
     }
+    Ok(())
+}
+
+/// The source of candidate problems other than the built-in procedural one, as
+/// `data.source` and `budget.usd` choose.
+fn external_source(
+    config: &Config,
+    held_out: &self_eval::validate::DuplicateIndex,
+    log: Log<'_>,
+) -> Result<Option<Box<dyn openrouter_gen::source::ProblemSource>>> {
+    use crate::config::DataSource;
+    let d = &config.data;
+    let has_key = openrouter_gen::client::ApiKey::from_env(&d.api.client.api_key_env).is_some();
+    let source = match d.source {
+        DataSource::Auto if has_key && config.budget.usd > 0.0 => DataSource::Api,
+        DataSource::Auto => {
+            if has_key {
+                log(&format!(
+                    "data: ${} is set but budget.usd is 0: problems come from synth-tasks (set budget.usd to use the API)",
+                    d.api.client.api_key_env
+                ));
+            }
+            DataSource::Procedural
+        }
+        other => other,
+    };
+    let near = d.validation.near_duplicate;
+    Ok(match source {
+        DataSource::Procedural | DataSource::Auto => None,
+        DataSource::File => {
+            let path = d.file.as_ref().ok_or_else(|| {
+                Error::Config("data.source is \"file\" but data.file is not set".into())
+            })?;
+            let file = openrouter_gen::source::FileSource::open(path, held_out.clone(), near)
+                .map_err(|e| Error::Input(e.to_string()))?;
+            Some(Box::new(file))
+        }
+        DataSource::Api => {
+            let api_config = openrouter_gen::generate::GeneratorConfig {
+                budget_usd: config.budget.usd,
+                seed: config.seed,
+                ..d.api.clone()
+            };
+            let api = openrouter_gen::generate::ApiSource::new(api_config, held_out.clone())
+                .map_err(|e| Error::Input(format!("data.api: {e}")))?;
+            Some(Box::new(api))
+        }
+    })
+}
+
+/// `data/generation_report.{json,md}`: what the external source did and cost.
+fn write_generation_report(
+    dir: &Path,
+    source: &dyn openrouter_gen::source::ProblemSource,
+) -> Result<()> {
+    let report = source.report();
+    write_json(&dir.join("generation_report.json"), &report)?;
+    write_text(&dir.join("generation_report.md"), &report.to_markdown())?;
     Ok(())
 }
 

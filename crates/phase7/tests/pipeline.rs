@@ -324,3 +324,66 @@ fn a_corrupt_checkpoint_or_model_path_is_named_and_nothing_is_recorded() {
     let message = config.check_model().unwrap_err().to_string();
     assert!(message.contains("without config.json"), "{message}");
 }
+
+#[test]
+fn problems_from_an_api_are_screened_validated_and_costed() {
+    use openrouter_gen::client::Pricing;
+    use openrouter_gen::mock::{MockServer, problem_writer};
+    let price = Pricing {
+        prompt: 1e-7,
+        completion: 4e-7,
+        request: 0.0,
+    };
+    let server = MockServer::start(problem_writer("mock/model", price)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunDir::create(&dir.path().join("run")).unwrap();
+    let mut config = tiny_config();
+    config.budget.usd = 0.5;
+    config.data.source = phase7::config::DataSource::Api;
+    config.data.api.model = "mock/model".into();
+    config.data.api.client.base_url = server.base_url();
+    config.data.api.cache_dir = dir.path().join("api-cache");
+    let mut lines = Vec::new();
+    for stage in ["handoff", "dequantize", "profile", "plan", "data"] {
+        run_stage(&run, &config, stage, &mut |l: &str| {
+            lines.push(l.to_owned())
+        })
+        .unwrap();
+    }
+    let generation: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.root.join("data/generation_report.json")).unwrap(),
+    )
+    .unwrap();
+    let requests = generation["total"]["requests"].as_u64().unwrap();
+    assert!(requests > 0, "{generation}");
+    assert!(generation["total"]["usd"].as_f64().unwrap() <= 0.5);
+    let dataset: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.root.join("data/dataset_0.report.json")).unwrap(),
+    )
+    .unwrap();
+    let verdicts = dataset["verdicts"].as_array().unwrap();
+    assert!(!verdicts.is_empty());
+    assert!(
+        verdicts.iter().all(|v| v["source"] == "api:mock/model"),
+        "every candidate came from the API"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("requests") && l.contains("api:mock/model")),
+        "{lines:#?}"
+    );
+    // The same stage again with its key changed only in a way that does not matter
+    // to the API: every request is answered from the cache.
+    let before = server.request_count();
+    let run2 = RunDir::create(&dir.path().join("run2")).unwrap();
+    for stage in ["handoff", "dequantize", "profile", "plan", "data"] {
+        run_stage(&run2, &config, stage, &mut |_: &str| {}).unwrap();
+    }
+    // Only the /models listing of the second source reached the server.
+    assert_eq!(server.request_count(), before + 1);
+    assert_eq!(
+        std::fs::read(run.root.join("data/dataset_0.jsonl")).unwrap(),
+        std::fs::read(run2.root.join("data/dataset_0.jsonl")).unwrap()
+    );
+}
