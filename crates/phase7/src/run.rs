@@ -177,7 +177,8 @@ impl RunDir {
         Ok(true)
     }
 
-    /// Records `stage` as done: hashes every file in its folder.
+    /// Records `stage` as done: hashes every file in its folder; its cost is what its
+    /// `generation_report.json` (paid problem generation) says was spent.
     pub fn finish(&self, stage: &str, key: String, seconds: f64) -> Result<StageRecord> {
         let dir = self.stage_dir(stage);
         let mut files = Vec::new();
@@ -190,7 +191,7 @@ impl RunDir {
             key,
             outputs,
             seconds,
-            cost_usd: 0.0,
+            cost_usd: stage_cost_usd(&dir),
         };
         let mut manifest = self.manifest()?;
         manifest.stages.insert(stage.to_owned(), record.clone());
@@ -207,6 +208,17 @@ impl RunDir {
         std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
         Ok(dir)
     }
+}
+
+/// USD a stage spent on paid APIs: `total.usd` of its `generation_report.json` (written
+/// by the data stage when problems came from an API), else 0.
+pub fn stage_cost_usd(dir: &Path) -> f64 {
+    std::fs::read_to_string(dir.join("generation_report.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["total"]["usd"].as_f64())
+        .filter(|c| c.is_finite() && *c >= 0.0)
+        .unwrap_or(0.0)
 }
 
 #[cfg(test)]

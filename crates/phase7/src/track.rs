@@ -392,7 +392,7 @@ pub fn log_stage(tracker: &Tracker, run: &RunDir, stage: &str, seconds: f64, cos
         }
         "data" => {
             let experts = stages::roles(run).map(|r| r.len()).unwrap_or(0);
-            b.num("stage1/data/cost_usd", 0.0);
+            b.num("stage1/data/cost_usd", crate::run::stage_cost_usd(&dir));
             for k in 0..experts {
                 let Some(r) = read(&dir.join(format!("dataset_{k}.report.json"))) else {
                     continue;

@@ -356,7 +356,10 @@ fn problems_from_an_api_are_screened_validated_and_costed() {
     .unwrap();
     let requests = generation["total"]["requests"].as_u64().unwrap();
     assert!(requests > 0, "{generation}");
-    assert!(generation["total"]["usd"].as_f64().unwrap() <= 0.5);
+    let usd = generation["total"]["usd"].as_f64().unwrap();
+    assert!(usd > 0.0 && usd <= 0.5, "{usd}");
+    // The manifest's cost of the stage is what was spent.
+    assert_eq!(run.manifest().unwrap().stages["data"].cost_usd, usd);
     let dataset: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(run.root.join("data/dataset_0.report.json")).unwrap(),
     )
