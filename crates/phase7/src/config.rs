@@ -62,6 +62,13 @@ pub struct ModelSection {
     /// than `dequantize.min_top1_agreement` of top-1 tokens. Default none: the run stops
     /// there.
     pub fallback: Option<PathBuf>,
+    /// How problems are shown to the model in every stage (profile, plan, validation,
+    /// training, search, self-test, dispatch). Default `raw`: the problem as it is,
+    /// what the embedded default model was trained on. `few_shot` puts one solved
+    /// train-split problem of every domain (difficulty 1, drawn with `seed`), a line
+    /// each, before the problem: instruct models that answer raw prompts with prose
+    /// then answer in the format. `wrap` puts a given `prefix` and `suffix` around it.
+    pub prompt: TaskPrompt,
 }
 
 impl Default for ModelSection {
@@ -70,6 +77,57 @@ impl Default for ModelSection {
             path: PathBuf::from("assets/default-model"),
             handoff: None,
             fallback: None,
+            prompt: TaskPrompt::Raw,
+        }
+    }
+}
+
+/// How problems are shown to the model.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TaskPrompt {
+    /// The problem as it is.
+    #[default]
+    Raw,
+    /// One solved train-split problem of every domain first, a line each.
+    FewShot {
+        /// Seed of the examples. Default 0.
+        #[serde(default)]
+        seed: u64,
+    },
+    /// A fixed prefix and suffix around the problem.
+    Wrap {
+        /// Text before the problem.
+        prefix: String,
+        /// Text after it.
+        #[serde(default)]
+        suffix: String,
+    },
+}
+
+impl TaskPrompt {
+    /// The prompt format the stages use.
+    pub fn format(&self) -> eudaimonia_gate::PromptFormat {
+        match self {
+            TaskPrompt::Raw => eudaimonia_gate::PromptFormat::Raw,
+            TaskPrompt::FewShot { seed } => {
+                let mut rng = synth_tasks::Rng::new(seed ^ 0x5407);
+                let prefix = synth_tasks::Domain::ALL
+                    .iter()
+                    .map(|&d| {
+                        let p = synth_tasks::generate_in(d, 1, synth_tasks::Split::Train, &mut rng);
+                        format!("{}{}\n", p.prompt, p.answer)
+                    })
+                    .collect();
+                eudaimonia_gate::PromptFormat::Wrap {
+                    prefix,
+                    suffix: String::new(),
+                }
+            }
+            TaskPrompt::Wrap { prefix, suffix } => eudaimonia_gate::PromptFormat::Wrap {
+                prefix: prefix.clone(),
+                suffix: suffix.clone(),
+            },
         }
     }
 }
@@ -410,6 +468,16 @@ impl Config {
                 self.budget.usd
             )));
         }
+        for (name, format) in [
+            ("training.expert.format", &self.training.expert.format),
+            ("search.problem.format", &self.search.problem.format),
+        ] {
+            if *format != eudaimonia_gate::PromptFormat::Raw {
+                return Err(Error::Config(format!(
+                    "{name} is set: phase7 shows problems the same way in every stage; set model.prompt instead"
+                )));
+            }
+        }
         if self.data.source == DataSource::File && self.data.file.is_none() {
             return Err(Error::Config(
                 "data.source is \"file\" but data.file is not set".into(),
@@ -539,6 +607,31 @@ mod tests {
             message.contains("data.api") && message.contains("concurrency"),
             "{message}"
         );
+        let few_shot = Config::parse("[model.prompt]\nkind = \"few_shot\"\nseed = 3\n").unwrap();
+        let eudaimonia_gate::PromptFormat::Wrap { prefix, suffix } = few_shot.model.prompt.format()
+        else {
+            panic!("few_shot renders as a prefix");
+        };
+        assert_eq!(prefix.lines().count(), 8);
+        assert!(suffix.is_empty());
+        for line in prefix.lines() {
+            // Every example is a solved train-split problem.
+            let domain = synth_tasks::Domain::ALL
+                .into_iter()
+                .find(|&d| {
+                    (1..line.len()).any(|cut| {
+                        synth_tasks::solve(d, &line[..cut]).as_deref() == Some(&line[cut..])
+                    })
+                })
+                .unwrap_or_else(|| panic!("`{line}` is not a solved problem"));
+            let _ = domain;
+        }
+        let message = Config::parse(
+            "[training.expert.format]\nkind = \"wrap\"\nprefix = \"Q: \"\nsuffix = \"\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(message.contains("model.prompt"), "{message}");
         let message = Config::parse("[data.api]\nmodle = \"x\"\n")
             .unwrap_err()
             .to_string();

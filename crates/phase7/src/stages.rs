@@ -210,6 +210,14 @@ fn copy_beside(model: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The expert-training settings with the run's prompt format.
+fn expert_config(config: &Config) -> self_eval::ExpertConfig {
+    self_eval::ExpertConfig {
+        format: config.model.prompt.format(),
+        ..config.training.expert.clone()
+    }
+}
+
 /// Stage 1: the capability profile of the float model.
 pub fn profile_stage(run: &RunDir, config: &Config, dir: &Path, log: Log<'_>) -> Result<()> {
     let (model, tokenizer) = load_float(run)?;
@@ -218,7 +226,7 @@ pub fn profile_stage(run: &RunDir, config: &Config, dir: &Path, log: Log<'_>) ->
         profile_config.difficulties = recorded_difficulties(&config.model.path)?;
     }
     profile_config.seed = config.seed;
-    let answerer = Answerer::new(&model, &tokenizer, Default::default())?;
+    let answerer = Answerer::new(&model, &tokenizer, config.model.prompt.format())?;
     let mut measured = profile(&answerer, &profile_config)?;
     let seconds = measured.seconds;
     // The wall time is a measurement of this execution, kept apart from the results.
@@ -248,12 +256,12 @@ pub fn plan_stage(run: &RunDir, config: &Config, dir: &Path, log: Log<'_>) -> Re
         &tokenizer,
         decomposition,
         "planner",
-        &config.training.expert,
+        &expert_config(config),
     )?;
     let measurements = measure_domains(
         &mut policy,
         &tokenizer,
-        &Default::default(),
+        &config.model.prompt.format(),
         &profile,
         config.planner.gradient_problems,
         config.planner.samples,
@@ -289,13 +297,14 @@ pub fn data_stage(run: &RunDir, config: &Config, dir: &Path, log: Log<'_>) -> Re
         &tokenizer,
         decomposition,
         "validator",
-        &config.training.expert,
+        &expert_config(config),
     )?;
-    let format = eudaimonia_gate::PromptFormat::Raw;
+    let format = config.model.prompt.format();
+    // The alignment pairs are shown raw, as the behaviour suites are everywhere.
     let alignment_gradient = self_eval::gradients::alignment_gradient(
         &mut policy,
         &tokenizer,
-        &format,
+        &eudaimonia_gate::PromptFormat::Raw,
         d.alignment_items,
         config.seed ^ 0xa1,
     )?;
@@ -583,7 +592,7 @@ pub fn train_stage(
         GateConfig::default(),
     )?;
     let decomposition = Decomposition::compute(&mut model, &Selection::mlp(), false)?;
-    let mut expert_config = t.expert.clone();
+    let mut expert_config = expert_config(config);
     expert_config.trainer.seed = config.seed ^ (k as u64 + 1);
     let mut policy = new_policy(model, &tokenizer, decomposition, &role.name, &expert_config)?;
     // Beside the stage's folder, which is emptied when the stage starts again: a run
@@ -669,7 +678,10 @@ fn mixture_problem(run: &RunDir, config: &Config) -> Result<(MixtureProblem, Pro
         roles,
         &bounds,
         &set,
-        s.problem.clone(),
+        self_eval::mixture::ProblemConfig {
+            format: config.model.prompt.format(),
+            ..s.problem.clone()
+        },
     )?;
     Ok((problem, profile, set))
 }

@@ -31,6 +31,11 @@ struct Args {
     /// Seed of the problem draw.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// `chat` (the model's template, free-form extraction) or `few-shot` (raw text: one
+    /// solved train-split problem of every domain, a line each, before the problem;
+    /// the answer is the first line of the completion).
+    #[arg(long, default_value = "chat")]
+    format: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,16 +67,24 @@ fn main() -> anyhow::Result<()> {
             let prompts: Vec<String> = problems
                 .iter()
                 .map(|p| {
+                    if args.format == "few-shot" {
+                        return Ok(format!("{}{}", few_shot_prefix(args.seed), p.prompt));
+                    }
                     let question = format!("{}\nGive only the final answer.", p.prompt);
                     format.render(&question, &[], Some(&template))
                 })
                 .collect::<lm::Result<_>>()?;
+            let extraction = if args.format == "few-shot" {
+                Extraction::FirstLine
+            } else {
+                Extraction::FreeForm
+            };
             let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
             let outputs = model.generate_text(&tokenizer, &prompts, &config, &[])?;
             let correct = problems
                 .iter()
                 .zip(&outputs)
-                .filter(|(p, (text, _))| verify_with(p, text, Extraction::FreeForm))
+                .filter(|(p, (text, _))| verify_with(p, text, extraction))
                 .count();
             total.0 += correct;
             total.1 += problems.len();
@@ -96,4 +109,16 @@ fn main() -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// One solved train-split problem of every domain at difficulty 1, a line each.
+fn few_shot_prefix(seed: u64) -> String {
+    let mut rng = Rng::new(seed ^ 0x5407);
+    Domain::ALL
+        .iter()
+        .map(|&d| {
+            let p = generate_in(d, 1, Split::Train, &mut rng);
+            format!("{}{}\n", p.prompt, p.answer)
+        })
+        .collect()
 }

@@ -215,7 +215,7 @@ pub fn evaluate_dispatch(
         let switch = Instant::now();
         problem.with_mixture(alphas, |model, _, _| {
             switch_seconds.push(switch.elapsed().as_secs_f64());
-            let answerer = Answerer::new(model, tokenizer, Default::default())?;
+            let answerer = Answerer::new(model, tokenizer, problem.format().clone())?;
             let indices: Vec<usize> = (0..problems.len())
                 .filter(|&i| problem_routes[i] == r)
                 .collect();
@@ -266,7 +266,7 @@ pub fn evaluate_dispatch(
     }
     let overall = accuracy.values().sum::<f64>() / accuracy.len().max(1) as f64;
     let static_overall = problem.with_mixture(static_alphas, |model, _, _| {
-        let answerer = Answerer::new(model, tokenizer, Default::default())?;
+        let answerer = Answerer::new(model, tokenizer, problem.format().clone())?;
         let mut sum = 0.0;
         for ps in held_out.problems.values() {
             let results = answerer.one_pass(&answerer.encode(ps)?)?;

@@ -400,6 +400,11 @@ pub struct MixtureProblem {
 }
 
 impl MixtureProblem {
+    /// How problems are shown to the model (the configuration's prompt format).
+    pub fn format(&self) -> &PromptFormat {
+        &self.config.format
+    }
+
     /// Installs `experts` on `model` (factorized, [`Composition::Delta`]), encodes the
     /// search set, scores the base model (all alphas 0) and derives the constraints
     /// from it. `bounds` come from [`derive_bounds`], one per expert in order.

@@ -225,7 +225,7 @@ pub fn measure_held_out(
     let started = Instant::now();
     let tokenizer = problem.tokenizer();
     problem.with_mixture(alphas, |model, svf, _| {
-        let answerer = Answerer::new(model, tokenizer, Default::default())?;
+        let answerer = Answerer::new(model, tokenizer, problem.format().clone())?;
         let accuracy_of = |sets: &BTreeMap<String, Vec<Problem>>| -> Result<BTreeMap<String, f64>> {
             sets.iter()
                 .map(|(name, problems)| {
