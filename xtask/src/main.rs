@@ -7,6 +7,8 @@
 //!   `check-report RUN` opens its `report.html` in headless Chromium.
 //! * `fetch-model NAME` fetches a real pretrained model (SmolLM2-135M-Instruct, GGUF) into
 //!   the per-user cache, verified; `test --real-models` runs the opt-in checks on it.
+//! * `slurm up|down|status` runs a real one-node Slurm cluster on this machine;
+//!   `test --slurm` runs the Slurm executor's tests on it.
 //! * `bench <name>` runs a benchmark that compares against a Python peer side by side.
 //! * `make-default-model` trains the embedded default model (`assets/default-model`;
 //!   `--test-size` for `assets/test-model`); `default-model-parity` checks it against
@@ -24,6 +26,7 @@ mod default_model;
 mod models;
 mod phase7;
 mod setup;
+mod slurm;
 mod test;
 
 #[derive(Parser)]
@@ -95,9 +98,20 @@ enum Command {
         /// (tensors, config, token ids, chat renderings, logits, greedy answers).
         #[arg(long)]
         real_models: bool,
+        /// Instead of the suite, the Slurm executor's tests on a real one-node cluster
+        /// (`cargo xtask slurm up` first; stopped afterwards unless it was running).
+        #[arg(long)]
+        slurm: bool,
         /// Extra arguments passed to `cargo test` after `--workspace` (e.g. a filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         cargo_test_args: Vec<String>,
+    },
+    /// A real one-node Slurm cluster on this machine: `up` (installs Debian's packages
+    /// when missing, as root), `down`, `status`.
+    Slurm {
+        /// `up`, `down` or `status`.
+        #[arg(value_parser = ["up", "down", "status"])]
+        action: String,
     },
     /// Fetch a real pretrained model into the per-user cache (once, checksum verified)
     /// and print its path: $PHASE7_MODEL_CACHE, else ~/.cache/phase7/models.
@@ -127,6 +141,12 @@ fn main() -> ExitCode {
         Command::Test {
             real_models: true, ..
         } => models::real_model_checks(&root),
+        Command::Test { slurm: true, .. } => slurm::test(&root),
+        Command::Slurm { action } => match action.as_str() {
+            "up" => slurm::up(),
+            "down" => slurm::down(),
+            _ => slurm::status(),
+        },
         Command::Test {
             cargo_test_args, ..
         } => test::run(&root, &cargo_test_args),

@@ -38,6 +38,8 @@ pub struct Config {
     pub search: SearchSection,
     /// Stage 3: the final self-test.
     pub self_test: SelfTestSection,
+    /// How stage 2's experts are spread: `local` (default), `processes` or `slurm`.
+    pub executor: crate::executor::ExecutorConfig,
     /// Run tracking (`run-tracking`): JSONL and TensorBoard files in `tracking/` always
     /// (TensorBoard can be switched off), MLflow when `tracking.mlflow.tracking_uri` is
     /// set (default `$MLFLOW_TRACKING_URI`). Weights & Biases is not in this build.
@@ -346,6 +348,7 @@ impl Default for Config {
             seed: 0,
             model: ModelSection::default(),
             budget: BudgetSection::default(),
+            executor: crate::executor::ExecutorConfig::default(),
             dequantize: DequantizeSection::default(),
             data: DataSection::default(),
             profile: ProfileConfig::default(),
@@ -478,6 +481,7 @@ impl Config {
                 )));
             }
         }
+        self.executor.check()?;
         if self.data.source == DataSource::File && self.data.file.is_none() {
             return Err(Error::Config(
                 "data.source is \"file\" but data.file is not set".into(),

@@ -32,8 +32,10 @@
 pub mod charts;
 pub mod config;
 pub mod console;
+pub mod executor;
 pub mod report;
 pub mod run;
+pub mod slurm;
 pub mod stages;
 pub mod track;
 
@@ -236,6 +238,14 @@ fn finish_tracking(tracker: run_tracking::Tracker, ok: bool, log: stages::Log<'_
     Ok(())
 }
 
+/// Whether `stage` is done with the key its configuration and inputs give now.
+pub fn is_stage_done(run: &RunDir, config: &Config, stage: &str) -> Result<bool> {
+    let (slice, inputs) = stage_inputs(run, config, stage)?;
+    let input_refs: Vec<&std::path::Path> = inputs.iter().map(|p| p.as_path()).collect();
+    let key = run.stage_key(stage, &slice, &input_refs)?;
+    run.is_done(stage, &key)
+}
+
 /// [`run_stage`] logging to `tracker`.
 pub fn run_stage_tracked(
     run: &RunDir,
@@ -329,6 +339,17 @@ fn pipeline_tracked(
                 started.elapsed().as_secs_f64() / 60.0,
                 config.budget.wall_minutes
             )));
+        }
+        if stage.starts_with("expert-") {
+            // Stage 2: every expert at once, as the executor spreads them.
+            let experts: Vec<String> = names
+                .iter()
+                .filter(|n| n.starts_with("expert-"))
+                .cloned()
+                .collect();
+            executor::run_units(run, config, &experts, log)?;
+            index += experts.len();
+            continue;
         }
         run_stage_tracked(run, config, stage, log, tracker)?;
         index += 1;

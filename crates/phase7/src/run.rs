@@ -121,6 +121,20 @@ impl RunDir {
         serde_json::from_str(&text).map_err(|e| io_error(&path, format!("not a manifest: {e}")))
     }
 
+    /// An exclusive lock on the manifest (`.manifest.lock`), released when dropped.
+    fn lock_manifest(&self) -> Result<std::fs::File> {
+        let path = self.root.join(".manifest.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io_error(&path, e))?;
+        file.lock()
+            .map_err(|e| io_error(&path, format!("cannot lock: {e}")))?;
+        Ok(file)
+    }
+
     fn save_manifest(&self, manifest: &Manifest) -> Result<()> {
         let path = self.root.join("manifest.json");
         let text = serde_json::to_vec_pretty(manifest).map_err(|e| io_error(&path, e))?;
@@ -193,6 +207,10 @@ impl RunDir {
             seconds,
             cost_usd: stage_cost_usd(&dir),
         };
+        // Stages of one run may finish at once in different processes (or Slurm
+        // tasks on other nodes of a shared filesystem): the read-modify-write of the
+        // manifest holds an exclusive lock, so no stage's record is lost.
+        let _lock = self.lock_manifest()?;
         let mut manifest = self.manifest()?;
         manifest.stages.insert(stage.to_owned(), record.clone());
         self.save_manifest(&manifest)?;

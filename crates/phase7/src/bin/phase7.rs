@@ -97,6 +97,7 @@ fn saved_config(run: &RunDir) -> phase7::Result<Config> {
 
 fn main_result() -> phase7::Result<()> {
     let cli = Cli::parse();
+    phase7::executor::apply_thread_env()?;
     let mut console = phase7::console::Console::new(cli.json);
     let mut sink = |line: &str| console.line(line);
     match cli.command {
