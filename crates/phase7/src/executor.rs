@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use run_tracking::Tracker;
+
 use crate::config::Config;
 use crate::run::RunDir;
 use crate::stages::Log;
@@ -194,38 +196,150 @@ pub fn apply_thread_env() -> Result<()> {
     Ok(())
 }
 
-/// Runs `stages` (independent of one another) with the configured executor.
-pub fn run_units(run: &RunDir, config: &Config, stages: &[String], log: Log<'_>) -> Result<()> {
-    let pending: Vec<String> = stages
-        .iter()
-        .filter(|s| !crate::is_stage_done(run, config, s).unwrap_or(false))
-        .cloned()
-        .collect();
+/// A way to run independent units (stages) of a run to completion.
+pub trait Executor {
+    /// Its name in logs.
+    fn name(&self) -> &'static str;
+
+    /// Runs every stage of `stages` (none depends on another) until each is done;
+    /// their metrics reach `tracker` (the pipeline's run).
+    fn run(
+        &self,
+        run: &RunDir,
+        config: &Config,
+        stages: &[String],
+        log: Log<'_>,
+        tracker: &Tracker,
+    ) -> Result<()>;
+}
+
+/// In this process, one unit after another.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Local;
+
+impl Executor for Local {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn run(
+        &self,
+        run: &RunDir,
+        config: &Config,
+        stages: &[String],
+        log: Log<'_>,
+        tracker: &Tracker,
+    ) -> Result<()> {
+        let threads = config.executor.threads();
+        let before = tch::get_num_threads();
+        if threads > 0 {
+            tch::set_num_threads(threads as i32);
+        }
+        let result = stages.iter().try_for_each(|stage| {
+            crate::run_stage_tracked(run, config, stage, log, tracker).map(|_| ())
+        });
+        tch::set_num_threads(before);
+        result
+    }
+}
+
+/// One `phase7 stage` process per unit, `executor.workers` at once.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Processes;
+
+impl Executor for Processes {
+    fn name(&self) -> &'static str {
+        "processes"
+    }
+
+    fn run(
+        &self,
+        run: &RunDir,
+        config: &Config,
+        stages: &[String],
+        log: Log<'_>,
+        tracker: &Tracker,
+    ) -> Result<()> {
+        save_config(run, config)?;
+        let result = run_processes(run, config, stages, log);
+        replay_metrics(run, stages, tracker)?;
+        result
+    }
+}
+
+/// A Slurm job array ([`crate::slurm`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Slurm;
+
+impl Executor for Slurm {
+    fn name(&self) -> &'static str {
+        "slurm"
+    }
+
+    fn run(
+        &self,
+        run: &RunDir,
+        config: &Config,
+        stages: &[String],
+        log: Log<'_>,
+        tracker: &Tracker,
+    ) -> Result<()> {
+        save_config(run, config)?;
+        let result = crate::slurm::run_array(run, config, stages, log);
+        replay_metrics(run, stages, tracker)?;
+        result
+    }
+}
+
+/// The executor `kind` names.
+pub fn executor(kind: ExecutorKind) -> Box<dyn Executor> {
+    match kind {
+        ExecutorKind::Local => Box::new(Local),
+        ExecutorKind::Processes => Box::new(Processes),
+        ExecutorKind::Slurm => Box::new(Slurm),
+    }
+}
+
+/// A unit run in another process logged to its own `tracking/stage-NAME/`: its records
+/// are logged again to the pipeline's tracker, so the pipeline's run (and its W&B or
+/// MLflow run) holds stage 2 as it does with the local executor.
+fn replay_metrics(run: &RunDir, stages: &[String], tracker: &Tracker) -> Result<()> {
+    for stage in stages {
+        let path = run
+            .root
+            .join("tracking")
+            .join(format!("stage-{stage}"))
+            .join(run_tracking::METRICS_FILE);
+        if !path.is_file() {
+            continue;
+        }
+        for (record, _) in run_tracking::record::read_from(&path, 0)? {
+            tracker.log_owned(record.step, record.metrics);
+        }
+    }
+    Ok(())
+}
+
+/// Runs the units of `stages` that are not done yet with the configured executor.
+pub fn run_units(
+    run: &RunDir,
+    config: &Config,
+    stages: &[String],
+    log: Log<'_>,
+    tracker: &Tracker,
+) -> Result<()> {
+    let mut pending = Vec::new();
+    for stage in stages {
+        if crate::is_stage_done(run, config, stage)? {
+            log(&format!("{stage}: unchanged, skipped"));
+        } else {
+            pending.push(stage.clone());
+        }
+    }
     if pending.is_empty() {
         return Ok(());
     }
-    match config.executor.kind {
-        ExecutorKind::Local => {
-            let threads = config.executor.threads();
-            let before = tch::get_num_threads();
-            if threads > 0 {
-                tch::set_num_threads(threads as i32);
-            }
-            let result = pending
-                .iter()
-                .try_for_each(|stage| crate::run_stage(run, config, stage, log).map(|_| ()));
-            tch::set_num_threads(before);
-            result
-        }
-        ExecutorKind::Processes => {
-            save_config(run, config)?;
-            run_processes(run, config, &pending, log)
-        }
-        ExecutorKind::Slurm => {
-            save_config(run, config)?;
-            crate::slurm::run_array(run, config, &pending, log)
-        }
-    }
+    executor(config.executor.kind).run(run, config, &pending, log, tracker)
 }
 
 /// Writes the configuration in use as the run's `config.toml` (the units read it).

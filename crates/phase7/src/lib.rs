@@ -347,7 +347,7 @@ fn pipeline_tracked(
                 .filter(|n| n.starts_with("expert-"))
                 .cloned()
                 .collect();
-            executor::run_units(run, config, &experts, log)?;
+            executor::run_units(run, config, &experts, log, tracker)?;
             index += experts.len();
             continue;
         }

@@ -48,6 +48,10 @@ fn processes_give_the_local_executors_results() {
     );
     assert!(lines.contains("[expert-0] "), "{lines}");
     assert_same(&local.root, &spread.root, "processes");
+    // The units' metrics reach the pipeline's run, as with the local executor.
+    let metrics =
+        std::fs::read_to_string(spread.root.join("tracking/pipeline/metrics.jsonl")).unwrap();
+    assert!(metrics.contains("stage2/expert-0/step/reward_mean"));
 }
 
 #[test]

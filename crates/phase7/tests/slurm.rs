@@ -123,3 +123,53 @@ fn a_task_cancelled_mid_run_is_resubmitted() {
         "slurm after scancel",
     );
 }
+
+#[test]
+#[ignore = "needs a Slurm cluster: cargo xtask test --slurm"]
+fn ctrl_c_cancels_the_job() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let config_path = write_config(&config(ExecutorKind::Slurm), dir.path(), "slurm");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_phase7"))
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .arg("--run-dir")
+        .arg(dir.path().join("slurm"))
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let job = loop {
+        let line = lines
+            .next()
+            .expect("the run ended before submitting")
+            .unwrap();
+        seen.push(line.clone());
+        if let Some(rest) = line.split("executor: Slurm job ").nth(1) {
+            break rest.split(',').next().unwrap().to_owned();
+        }
+    };
+    // SIGINT, as Ctrl-C sends.
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    seen.extend(lines.map_while(Result::ok));
+    let status = child.wait().unwrap();
+    let log = seen.join("\n");
+    assert!(!status.success(), "{log}");
+    assert!(log.contains(&format!("Slurm job {job} cancelled")), "{log}");
+    let queue = Command::new("squeue")
+        .args(["--noheader", "--array", "--jobs", &job, "--format=%i %t"])
+        .output()
+        .unwrap();
+    let queue = String::from_utf8_lossy(&queue.stdout).into_owned();
+    assert!(
+        queue
+            .lines()
+            .all(|l| !l.contains(" R") && !l.contains(" PD")),
+        "still queued after cancel: {queue}"
+    );
+}
