@@ -562,6 +562,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn committed_configs_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Config::load(&path).unwrap().check().unwrap();
+                seen += 1;
+            }
+        }
+        assert!(seen > 0);
+    }
+
+    #[test]
     fn the_default_round_trips_through_toml() {
         let text = Config::default().to_toml().unwrap();
         assert_eq!(Config::parse(&text).unwrap(), Config::default());
