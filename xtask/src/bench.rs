@@ -468,11 +468,6 @@ fn tracking(root: &Path) -> Result<()> {
         )?);
     }
     let _ = std::fs::remove_dir_all(&scratch);
-    let field = |rows: &[serde_json::Value], key: &str| -> Vec<f64> {
-        rows.iter()
-            .map(|r| r[key].as_f64().unwrap_or(f64::NAN))
-            .collect()
-    };
     println!(
         "| measure | run-tracking (3 rounds) | TensorBoard EventFileWriter, Python (3 rounds) | ratio (median) |\n|---|---|---|---|"
     );
@@ -484,27 +479,14 @@ fn tracking(root: &Path) -> Result<()> {
         ),
         ("scalars_per_second", "scalars per second on disk", true),
     ] {
-        let (a, b) = (field(&rows_ours, key), field(&rows_peer, key));
-        let median = |v: &[f64]| {
-            let mut v = v.to_vec();
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
-        let ratio = if higher_is_better {
-            median(&a) / median(&b)
-        } else {
-            median(&b) / median(&a)
-        };
-        let list = |v: &[f64]| {
-            v.iter()
-                .map(|x| format!("{x:.0}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
         println!(
-            "| {label} | {} | {} | {ratio:.1}x ours better |",
-            list(&a),
-            list(&b)
+            "{}",
+            comparison_row(
+                label,
+                &column(&rows_ours, key),
+                &column(&rows_peer, key),
+                higher_is_better
+            )
         );
     }
     println!(
@@ -564,16 +546,6 @@ fn openrouter(root: &Path) -> Result<()> {
                 "16",
             ]))?);
         }
-        let field = |rows: &[serde_json::Value], key: &str| -> Vec<f64> {
-            rows.iter()
-                .map(|r| r[key].as_f64().unwrap_or(f64::NAN))
-                .collect()
-        };
-        let median = |v: &[f64]| {
-            let mut v = v.to_vec();
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
         println!(
             "| measure | openrouter-gen client (3 rounds) | Python http.client (3 rounds) | ratio (median) |\n|---|---|---|---|"
         );
@@ -585,22 +557,14 @@ fn openrouter(root: &Path) -> Result<()> {
             ),
             ("cpu_us_per_request", "client CPU per request, µs", false),
         ] {
-            let (a, b) = (field(&ours, key), field(&theirs, key));
-            let ratio = if higher_is_better {
-                median(&a) / median(&b)
-            } else {
-                median(&b) / median(&a)
-            };
-            let list = |v: &[f64]| {
-                v.iter()
-                    .map(|x| format!("{x:.0}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
             println!(
-                "| {label} | {} | {} | {ratio:.2}x ours better |",
-                list(&a),
-                list(&b)
+                "{}",
+                comparison_row(
+                    label,
+                    &column(&ours, key),
+                    &column(&theirs, key),
+                    higher_is_better
+                )
             );
         }
         println!(
@@ -611,4 +575,37 @@ fn openrouter(root: &Path) -> Result<()> {
     let _ = mock.kill();
     let _ = mock.wait();
     result
+}
+
+/// One measure of every round (`NaN` where a row lacks it).
+fn column(rows: &[serde_json::Value], key: &str) -> Vec<f64> {
+    rows.iter()
+        .map(|r| r[key].as_f64().unwrap_or(f64::NAN))
+        .collect()
+}
+
+/// A Markdown row: our rounds, the peer's, and the ratio of the medians oriented so
+/// that above 1 means ours is better.
+fn comparison_row(label: &str, ours: &[f64], peer: &[f64], higher_is_better: bool) -> String {
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let ratio = if higher_is_better {
+        median(ours) / median(peer)
+    } else {
+        median(peer) / median(ours)
+    };
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "| {label} | {} | {} | {ratio:.2}x ours better |",
+        list(ours),
+        list(peer)
+    )
 }

@@ -124,6 +124,12 @@ impl Screen {
         *tally.rejections.entry(reason_key(reason)).or_insert(0) += 1;
     }
 
+    /// [`Screen::admit`] after checking the answer with the domain's solver.
+    pub fn admit_checked(&mut self, expert: &str, problem: &SourcedProblem) -> bool {
+        let check = check_answer(&problem.domain, &problem.prompt, &problem.answer);
+        self.admit(expert, problem, &check).is_ok()
+    }
+
     /// Whether `problem` passes for `expert`'s dataset given an answer check already
     /// made (`Err` holds the rejection reason); a passing problem joins the dataset's
     /// index.
@@ -251,12 +257,7 @@ impl ProblemSource for ProceduralSource {
                 answer: p.answer,
                 source: "synth-tasks".into(),
             };
-            let check = check_answer(&problem.domain, &problem.prompt, &problem.answer);
-            if self
-                .screen
-                .admit(&spec.expert_name, &problem, &check)
-                .is_ok()
-            {
+            if self.screen.admit_checked(&spec.expert_name, &problem) {
                 out.push(problem);
             }
         }
@@ -345,12 +346,7 @@ impl ProblemSource for FileSource {
                 answer: line.answer.clone(),
                 source: name.clone(),
             };
-            let check = check_answer(&problem.domain, &problem.prompt, &problem.answer);
-            if self
-                .screen
-                .admit(&spec.expert_name, &problem, &check)
-                .is_ok()
-            {
+            if self.screen.admit_checked(&spec.expert_name, &problem) {
                 out.push(problem);
             }
         }

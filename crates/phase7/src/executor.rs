@@ -260,10 +260,9 @@ impl Executor for Processes {
         log: Log<'_>,
         tracker: &Tracker,
     ) -> Result<()> {
-        save_config(run, config)?;
-        let result = run_processes(run, config, stages, log);
-        replay_metrics(run, stages, tracker)?;
-        result
+        out_of_process(run, config, stages, tracker, || {
+            run_processes(run, config, stages, log)
+        })
     }
 }
 
@@ -284,10 +283,9 @@ impl Executor for Slurm {
         log: Log<'_>,
         tracker: &Tracker,
     ) -> Result<()> {
-        save_config(run, config)?;
-        let result = crate::slurm::run_array(run, config, stages, log);
-        replay_metrics(run, stages, tracker)?;
-        result
+        out_of_process(run, config, stages, tracker, || {
+            crate::slurm::run_array(run, config, stages, log)
+        })
     }
 }
 
@@ -298,6 +296,21 @@ pub fn executor(kind: ExecutorKind) -> Box<dyn Executor> {
         ExecutorKind::Processes => Box::new(Processes),
         ExecutorKind::Slurm => Box::new(Slurm),
     }
+}
+
+/// Units run by other processes: they read the run's `config.toml`, so it is written
+/// first; their metrics are replayed into `tracker` afterwards (also after a failure).
+fn out_of_process(
+    run: &RunDir,
+    config: &Config,
+    stages: &[String],
+    tracker: &Tracker,
+    execute: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    save_config(run, config)?;
+    let result = execute();
+    replay_metrics(run, stages, tracker)?;
+    result
 }
 
 /// A unit run in another process logged to its own `tracking/stage-NAME/`: its records
