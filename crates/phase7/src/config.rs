@@ -16,7 +16,7 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// The preset this started from (`default` or `quick`). Default `default`.
+    /// The preset this started from (`default`, `quick` or `full`). Default `default`.
     pub preset: String,
     /// Seed of every random choice of the run. Default 0.
     pub seed: u64,
@@ -42,7 +42,8 @@ pub struct Config {
     pub executor: crate::executor::ExecutorConfig,
     /// Run tracking (`run-tracking`): JSONL and TensorBoard files in `tracking/` always
     /// (TensorBoard can be switched off), MLflow when `tracking.mlflow.tracking_uri` is
-    /// set (default `$MLFLOW_TRACKING_URI`). Weights & Biases is not in this build.
+    /// set (default `$MLFLOW_TRACKING_URI`), Weights & Biases when an API key is found
+    /// (`WANDB_API_KEY` or `~/.netrc`).
     pub tracking: run_tracking::TrackerConfig,
 }
 
@@ -71,6 +72,11 @@ pub struct ModelSection {
     /// each, before the problem: instruct models that answer raw prompts with prose
     /// then answer in the format. `wrap` puts a given `prefix` and `suffix` around it.
     pub prompt: TaskPrompt,
+    /// Where the model runs in every stage: `cpu`, `cuda` (`cuda:0`), `cuda:N`, or
+    /// `auto` (the first CUDA device when one is usable, else the CPU). Default `cpu`
+    /// (`auto` in the `full` preset). Asking for CUDA where none is usable stops the run
+    /// before its first stage. Results are reproducible per device, not across devices.
+    pub device: lm::device::DeviceRequest,
 }
 
 impl Default for ModelSection {
@@ -80,6 +86,7 @@ impl Default for ModelSection {
             handoff: None,
             fallback: None,
             prompt: TaskPrompt::Raw,
+            device: lm::device::DeviceRequest::Cpu,
         }
     }
 }
@@ -362,11 +369,14 @@ impl Default for Config {
 }
 
 /// The presets' names.
-pub const PRESETS: &[&str] = &["default", "quick"];
+pub const PRESETS: &[&str] = &["default", "quick", "full"];
 
 impl Config {
-    /// A preset: `default` (the seed's settings on the embedded model) or `quick`
-    /// (fewer epochs, generations and problems: minutes, for trying things out).
+    /// A preset: `default` (the seed's settings on the embedded model), `quick` (fewer
+    /// epochs, generations and problems: minutes, for trying things out) or `full` (the
+    /// seed's settings for a real pretrained model, given with `--model`: the first
+    /// CUDA device when one is usable, problems shown few-shot, as instruct models
+    /// answer raw problems with prose).
     pub fn preset(name: &str) -> Result<Self> {
         let mut config = Self::default();
         match name {
@@ -389,6 +399,11 @@ impl Config {
                 config.self_test.problems = 50;
                 config.self_test.suite_items = 32;
                 config.self_test.criteria.max_attempts = 3;
+            }
+            "full" => {
+                config.preset = "full".into();
+                config.model.device = lm::device::DeviceRequest::Auto;
+                config.model.prompt = TaskPrompt::FewShot { seed: 0 };
             }
             other => {
                 return Err(Error::Config(format!(
@@ -441,13 +456,19 @@ impl Config {
         toml::to_string_pretty(self).map_err(|e| Error::Config(e.to_string()))
     }
 
-    /// Whether the model (and the fallback, when set) exist and look like models.
+    /// Whether the model (and the fallback, when set) exist and look like models whether `model.device` is usable here).
     pub fn check_model(&self) -> Result<()> {
         check_model_path("model.path", &self.model.path)?;
         if let Some(fallback) = &self.model.fallback {
             check_model_path("model.fallback", fallback)?;
         }
-        Ok(())
+        self.device().map(|_| ())
+    }
+
+    /// The device `model.device` names on this machine.
+    pub fn device(&self) -> Result<tch::Device> {
+        lm::device::resolve(self.model.device)
+            .map_err(|e| Error::Config(format!("model.device = \"{}\": {e}", self.model.device)))
     }
 
     /// Settings that cannot work.
@@ -579,8 +600,37 @@ mod tests {
     fn the_default_round_trips_through_toml() {
         let text = Config::default().to_toml().unwrap();
         assert_eq!(Config::parse(&text).unwrap(), Config::default());
-        let quick = Config::preset("quick").unwrap();
-        assert_eq!(Config::parse(&quick.to_toml().unwrap()).unwrap(), quick);
+        for name in PRESETS {
+            let preset = Config::preset(name).unwrap();
+            assert_eq!(preset.preset, *name);
+            assert_eq!(Config::parse(&preset.to_toml().unwrap()).unwrap(), preset);
+        }
+    }
+
+    #[test]
+    fn the_device_is_a_setting_checked_before_anything_runs() {
+        assert_eq!(Config::default().device().unwrap(), tch::Device::Cpu);
+        let full = Config::preset("full").unwrap();
+        assert_eq!(full.model.device, lm::device::DeviceRequest::Auto);
+        assert_ne!(full.model.prompt, TaskPrompt::Raw);
+        // `auto` is the CPU exactly when no CUDA device is usable.
+        let runtime = lm::device::runtime();
+        assert_eq!(
+            full.device().unwrap().is_cuda(),
+            runtime.cuda_available && runtime.cuda_device_count > 0
+        );
+        let message = Config::parse("[model]\ndevice = \"tpu\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("device") && message.contains("tpu"),
+            "{message}"
+        );
+        if !runtime.cuda_available {
+            let config = Config::parse("[model]\ndevice = \"cuda:0\"\n").unwrap();
+            let message = config.device().unwrap_err().to_string();
+            assert!(message.contains("model.device = \"cuda:0\""), "{message}");
+        }
     }
 
     #[test]

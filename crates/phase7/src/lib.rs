@@ -118,6 +118,8 @@ fn stage_inputs(
     let float = stages::float_model_dir(run);
     let dir = |s: &str| run.stage_dir(s);
     let seed = config.seed;
+    // How problems are shown and where the model runs change every measurement.
+    let shown = (&config.model.prompt, config.model.device);
     Ok(match stage {
         "handoff" => {
             let beside = config.model.path.join("phase6_handoff.json");
@@ -138,7 +140,7 @@ fn stage_inputs(
                 .collect(),
         ),
         "profile" => (
-            value(serde_json::to_value((&config.profile, seed)))?,
+            value(serde_json::to_value((&config.profile, shown, seed)))?,
             vec![float, model.join("recipe.json")]
                 .into_iter()
                 .filter(|p| p.exists())
@@ -148,6 +150,7 @@ fn stage_inputs(
             value(serde_json::to_value((
                 &config.planner,
                 &config.training.expert,
+                shown,
                 seed,
             )))?,
             vec![float, dir("profile")],
@@ -164,6 +167,7 @@ fn stage_inputs(
                     &config.data,
                     &config.training.expert,
                     config.budget.usd,
+                    shown,
                     seed,
                 )))?,
                 inputs,
@@ -183,13 +187,14 @@ fn stage_inputs(
                 value(serde_json::to_value((
                     &config.search,
                     &config.self_test,
+                    shown,
                     seed,
                 )))?,
                 inputs,
             )
         }
         expert if expert.starts_with("expert-") => (
-            value(serde_json::to_value((&config.training, seed)))?,
+            value(serde_json::to_value((&config.training, shown, seed)))?,
             vec![float, dir("profile"), dir("plan"), dir("data")],
         ),
         other => return Err(Error::Input(format!("unknown stage `{other}`"))),

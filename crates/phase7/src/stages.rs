@@ -18,7 +18,7 @@ use self_eval::{
 };
 use svf::{Decomposition, Expert, Selection};
 use synth_tasks::{Domain, Split};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use crate::config::Config;
 use crate::run::{RunDir, io_error};
@@ -37,9 +37,9 @@ pub fn float_model_dir(run: &RunDir) -> PathBuf {
     run.stage_dir("dequantize").join("model")
 }
 
-fn load_float(run: &RunDir) -> Result<(lm::CausalLm, lm::Tokenizer)> {
+fn load_float(run: &RunDir, config: &Config) -> Result<(lm::CausalLm, lm::Tokenizer)> {
     let dir = float_model_dir(run);
-    let model = lm::CausalLm::load(&dir, Device::Cpu, Kind::Float)?;
+    let model = lm::CausalLm::load(&dir, config.device()?, Kind::Float)?;
     let tokenizer = lm::Tokenizer::from_dir(&dir)?;
     Ok((model, tokenizer))
 }
@@ -134,8 +134,9 @@ pub fn dequantize(config: &Config, dir: &Path, log: Log<'_>) -> Result<()> {
     )
     .map_err(|e| io_error(&config.model.path, e))?;
     copy_beside(&config.model.path, &out)?;
-    let quantized = lm::CausalLm::load(&config.model.path, Device::Cpu, Kind::Float)?;
-    let float = lm::CausalLm::load(&out, Device::Cpu, Kind::Float)?;
+    let device = config.device()?;
+    let quantized = lm::CausalLm::load(&config.model.path, device, Kind::Float)?;
+    let float = lm::CausalLm::load(&out, device, Kind::Float)?;
     let tokenizer = lm::Tokenizer::from_dir(&out)?;
     let probes = probe_prompts(&tokenizer, config.dequantize.probe_prompts, config.seed)?;
     let (mut agree, mut positions) = (0usize, 0usize);
@@ -220,7 +221,7 @@ fn expert_config(config: &Config) -> self_eval::ExpertConfig {
 
 /// Stage 1: the capability profile of the float model.
 pub fn profile_stage(run: &RunDir, config: &Config, dir: &Path, log: Log<'_>) -> Result<()> {
-    let (model, tokenizer) = load_float(run)?;
+    let (model, tokenizer) = load_float(run, config)?;
     let mut profile_config = config.profile.clone();
     if profile_config.difficulties.is_empty() {
         profile_config.difficulties = recorded_difficulties(&config.model.path)?;
@@ -248,7 +249,7 @@ pub fn profile_stage(run: &RunDir, config: &Config, dir: &Path, log: Log<'_>) ->
 
 /// Stage 1: the expert plan from policy gradients.
 pub fn plan_stage(run: &RunDir, config: &Config, dir: &Path, log: Log<'_>) -> Result<()> {
-    let (mut model, tokenizer) = load_float(run)?;
+    let (mut model, tokenizer) = load_float(run, config)?;
     let profile: Profile = read_json(&run.stage_dir("profile").join("profile.json"))?;
     let decomposition = Decomposition::compute(&mut model, &Selection::mlp(), false)?;
     let mut policy = new_policy(
@@ -285,7 +286,7 @@ pub fn dataset_path(run: &RunDir, k: usize) -> PathBuf {
 /// (solver, duplicates, held-out overlap, pass rate in the band, alignment direction);
 /// too few accepted problems stop the run with the report named.
 pub fn data_stage(run: &RunDir, config: &Config, dir: &Path, log: Log<'_>) -> Result<()> {
-    let (mut model, tokenizer) = load_float(run)?;
+    let (mut model, tokenizer) = load_float(run, config)?;
     let profile: Profile = read_json(&run.stage_dir("profile").join("profile.json"))?;
     let record: PlanRecord = read_json(&run.stage_dir("plan").join("plan.json"))?;
     let d = &config.data;
@@ -556,7 +557,7 @@ pub fn train_stage(
     })?;
     let profile: Profile = read_json(&run.stage_dir("profile").join("profile.json"))?;
     let difficulty = |d: Domain| profile.domain(d).map_or(1, |p| p.difficulty);
-    let (mut model, tokenizer) = load_float(run)?;
+    let (mut model, tokenizer) = load_float(run, config)?;
     let t = &config.training;
     let domains: Vec<Domain> = role
         .domains
@@ -657,7 +658,7 @@ pub fn train_stage(
 
 /// Builds stage 3's problem from the run's files.
 fn mixture_problem(run: &RunDir, config: &Config) -> Result<(MixtureProblem, Profile, SearchSet)> {
-    let (mut model, tokenizer) = load_float(run)?;
+    let (mut model, tokenizer) = load_float(run, config)?;
     let profile: Profile = read_json(&run.stage_dir("profile").join("profile.json"))?;
     let roles = roles(run)?;
     let experts: Vec<Expert> = (0..roles.len())

@@ -167,6 +167,19 @@ fn a_tiny_run_goes_end_to_end_and_resumes_by_skipping() {
         fourth.iter().any(|l| l.starts_with("profile: done")),
         "{fourth:#?}"
     );
+
+    // How problems are shown changes what the model is measured on: the profile runs
+    // again although the model files are unchanged.
+    let mut shown = changed.clone();
+    shown.model.prompt = phase7::config::TaskPrompt::FewShot { seed: 1 };
+    let mut fifth = Vec::new();
+    for stage in ["dequantize", "profile"] {
+        run_stage(&run, &shown, stage, &mut |l: &str| fifth.push(l.to_owned())).unwrap();
+    }
+    assert!(
+        fifth.iter().any(|l| l.starts_with("profile: done")),
+        "{fifth:#?}"
+    );
 }
 
 #[test]
@@ -199,6 +212,18 @@ fn bad_input_is_named() {
         .unwrap_err()
         .to_string();
     assert!(message.contains("no-model"), "{message}");
+
+    // A CUDA device on a machine without one: refused before the first stage.
+    if !lm::device::runtime().cuda_available {
+        let mut config = tiny_config();
+        config.model.handoff = None;
+        config.model.device = lm::device::DeviceRequest::Cuda(0);
+        let message = run_pipeline(&run, &config, &mut |_: &str| {})
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("model.device = \"cuda:0\""), "{message}");
+        assert!(run.manifest().unwrap().stages.is_empty());
+    }
 
     // An unwritable run directory.
     let blocked = dir.path().join("file");

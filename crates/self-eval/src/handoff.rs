@@ -199,14 +199,15 @@ pub fn export(
 /// Largest logit gap between the merged export and the measured factorized model.
 /// Fails when they disagree: the handoff must be the model that was measured.
 fn verify_merged(problem: &MixtureProblem, alphas: &[f64], merged_dir: &Path) -> Result<f64> {
-    let merged = lm::CausalLm::load(merged_dir, tch::Device::Cpu, tch::Kind::Float)?;
     let probe = problem
         .tokenizer()
         .encode("Q: what is 12+30?\nA: 42", false)?;
     let ids = tch::Tensor::from_slice(&probe).view([1, probe.len() as i64]);
-    let exported = merged.forward(&ids, None, None)?;
     let measured =
         problem.with_mixture(alphas, |model, _, _| Ok(model.forward(&ids, None, None)?))?;
+    // On the device the mixture was measured on, so the two logits compare there.
+    let merged = lm::CausalLm::load(merged_dir, measured.device(), tch::Kind::Float)?;
+    let exported = merged.forward(&ids, None, None)?;
     let gap = (exported - measured).abs().max().double_value(&[]);
     // NaN fails too.
     if gap.is_nan() || gap >= 1e-4 {

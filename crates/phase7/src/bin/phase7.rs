@@ -1,12 +1,12 @@
 //! `phase7`: run the pipeline over a run directory.
 //!
 //! ```sh
-//! phase7 run [--config F] [--preset default|quick] [--model DIR|FILE.gguf] [--handoff F] [--run-dir runs/ID]
+//! phase7 run [--config F] [--preset default|quick|full] [--model DIR|FILE.gguf] [--handoff F] [--run-dir runs/ID]
 //! phase7 resume RUN          # continue an interrupted run with its own config.toml
 //! phase7 status RUN          # stages done, their time and files
 //! phase7 report RUN          # report.md from the run's files
 //! phase7 stage NAME --run RUN
-//! phase7 config --print-default [--preset quick]
+//! phase7 config --print-default [--preset quick|full]
 //! ```
 
 use std::path::PathBuf;
@@ -37,7 +37,7 @@ enum Command {
         /// A TOML configuration (its `preset` key picks the base).
         #[arg(long)]
         config: Option<PathBuf>,
-        /// A preset when no file is given: default or quick.
+        /// A preset when no file is given: default, quick or full.
         #[arg(long, default_value = "default")]
         preset: String,
         /// The Phase 6 model: a Hugging Face folder or a llama-family .gguf file
