@@ -456,7 +456,8 @@ impl Config {
         toml::to_string_pretty(self).map_err(|e| Error::Config(e.to_string()))
     }
 
-    /// Whether the model (and the fallback, when set) exist and look like models whether `model.device` is usable here).
+    /// Whether the model (and the fallback, when set) exist and look like models, and
+    /// whether `model.device` is usable here.
     pub fn check_model(&self) -> Result<()> {
         check_model_path("model.path", &self.model.path)?;
         if let Some(fallback) = &self.model.fallback {
