@@ -216,9 +216,10 @@ impl GgufModel {
         }
     }
 
-    /// Puts values decoded in GGUF row order into HF row order (a copy for every tensor
-    /// but llama's Q and K).
-    pub fn arrange_into(&self, name: &str, stored: &[f32], out: &mut [f32]) -> Result<()> {
+    /// Puts rows in GGUF order into HF row order (a copy for every tensor but llama's Q
+    /// and K): decoded values, or the stored bytes of a block type whose rows are whole
+    /// blocks.
+    pub fn arrange_into<T: Copy>(&self, name: &str, stored: &[T], out: &mut [T]) -> Result<()> {
         let index = self.index(name)?;
         if stored.len() != out.len() {
             return Err(Error::Invalid(format!(
@@ -246,6 +247,14 @@ impl GgufModel {
             }
         }
         Ok(())
+    }
+
+    /// The ggml type an HF tensor is stored as.
+    pub fn ggml_type(&self, name: &str) -> Result<crate::gguf::GgmlType> {
+        let gguf_name = &self.source(name)?.gguf_name;
+        self.file
+            .ggml_type(gguf_name)
+            .ok_or_else(|| Error::Invalid(format!("`{gguf_name}` has no ggml type")))
     }
 
     /// The stored bytes of an HF tensor's GGUF source (in GGUF row order).

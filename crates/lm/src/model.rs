@@ -26,7 +26,11 @@ pub trait LinearAdapter: Send {
 pub struct Linear {
     /// Its Hugging Face name, e.g. `model.layers.3.mlp.up_proj`.
     pub name: String,
-    /// `[out_features, in_features]`.
+    /// `[out_features, in_features]`. Replacing it is always safe. A layer loaded from
+    /// GGUF blocks on the CPU also keeps those blocks ([`Linear::packed_bytes`]) and
+    /// computes from them while they decode to this tensor, checked after every
+    /// [`CausalLm::linear_layers_mut`]; a caller that keeps a clone of it and writes into
+    /// it in place later must call [`CausalLm::linear_layers_mut`] again.
     pub weight: Tensor,
     /// `[out_features]`, if any.
     pub bias: Option<Tensor>,
@@ -34,6 +38,7 @@ pub struct Linear {
     /// activation quantization is on).
     pub bitlinear: bool,
     adapter: Option<Box<dyn LinearAdapter>>,
+    packed: Option<Packed>,
 }
 
 impl Linear {
@@ -56,7 +61,97 @@ impl Linear {
             None if self.bitlinear && quantization.weights => {
                 crate::cpu::linear(&input, &ternarize_weights(&self.weight), self.bias.as_ref())
             }
-            None => crate::cpu::linear(&input, &self.weight, self.bias.as_ref()),
+            None => packed_or_f32(
+                &input,
+                &self.weight,
+                self.packed.as_ref(),
+                self.bias.as_ref(),
+            ),
+        }
+    }
+
+    /// Bytes of the checkpoint's blocks this layer keeps beside `weight` (0 when none).
+    pub fn packed_bytes(&self) -> usize {
+        self.packed.as_ref().map_or(0, |p| p.matrix.byte_len())
+    }
+}
+
+/// `x W^T + b` from the packed blocks where they stand for `weight`, else from `weight`.
+fn packed_or_f32(
+    x: &Tensor,
+    weight: &Tensor,
+    packed: Option<&Packed>,
+    bias: Option<&Tensor>,
+) -> Tensor {
+    packed
+        .filter(|p| p.stands_for(weight))
+        .and_then(|p| crate::cpu::packed_linear(x, &p.matrix, bias))
+        .unwrap_or_else(|| crate::cpu::linear(x, weight, bias))
+}
+
+/// A weight's checkpoint blocks kept beside its f32 tensor (see [`crate::cpu::PackedMatrix`]).
+struct Packed {
+    matrix: crate::cpu::PackedMatrix,
+    state: std::sync::Mutex<PackState>,
+}
+
+/// What is known of a [`Packed`] matrix against its layer's current weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PackState {
+    /// The blocks decode to the tensor whose data is at this address (checked).
+    Matches(usize),
+    /// They do not (checked).
+    Differs(usize),
+    /// The weights were handed out to be changed since: check at the next use.
+    Unchecked,
+    /// The weights were handed out as parameters (trained in place, maybe): not used.
+    Off,
+}
+
+impl Packed {
+    /// Blocks checked against `weight` now (`None` if they do not decode to it).
+    fn checked(matrix: crate::cpu::PackedMatrix, weight: &Tensor) -> Option<Self> {
+        matrix.decodes_to(weight).then(|| Self {
+            matrix,
+            state: std::sync::Mutex::new(PackState::Matches(weight.data_ptr() as usize)),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PackState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn set(&self, state: PackState) {
+        let mut current = self.lock();
+        if *current != PackState::Off {
+            *current = state;
+        }
+    }
+
+    /// Whether a product with `weight` may be computed from the blocks: a plain CPU f32
+    /// tensor without gradient that the blocks decode to (checked once per tensor).
+    fn stands_for(&self, weight: &Tensor) -> bool {
+        if weight.requires_grad() || weight.device() != Device::Cpu || weight.kind() != Kind::Float
+        {
+            return false;
+        }
+        let address = weight.data_ptr() as usize;
+        let mut state = self.lock();
+        match *state {
+            PackState::Off => false,
+            PackState::Matches(a) if a == address => true,
+            PackState::Differs(a) if a == address => false,
+            _ => {
+                let matches = self.matrix.decodes_to(weight);
+                *state = if matches {
+                    PackState::Matches(address)
+                } else {
+                    PackState::Differs(address)
+                };
+                matches
+            }
         }
     }
 }
@@ -218,6 +313,7 @@ pub struct CausalLm {
     blocks: Vec<Block>,
     norm: RmsNorm,
     lm_head: Tensor,
+    lm_head_packed: Option<Packed>,
     tied_embeddings: bool,
     inv_freq: Tensor,
     device: Device,
@@ -295,6 +391,10 @@ impl CausalLm {
     /// model), embeddings first, then layer by layer; `lm_head.weight` only when it is
     /// not tied to the embeddings.
     pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        // They may be trained in place: from now on every product reads the f32 weights.
+        for packed in self.packed_weights() {
+            packed.set(PackState::Off);
+        }
         let mut out = vec![(
             "model.embed_tokens.weight".to_owned(),
             self.embed.shallow_clone(),
@@ -436,10 +536,13 @@ impl CausalLm {
         }
         let final_norm = norm(loader, "model.norm.weight".into(), h)?;
         let tied_embeddings = config.tie_word_embeddings && !loader.has("lm_head.weight");
-        let lm_head = if tied_embeddings {
-            embed.shallow_clone()
+        let (lm_head, lm_head_packed) = if tied_embeddings {
+            let packed = loader.packed("model.embed_tokens.weight", &embed)?;
+            (embed.shallow_clone(), packed)
         } else {
-            loader.tensor("lm_head.weight", &[config.vocab_size as i64, h])?
+            let weight = loader.tensor("lm_head.weight", &[config.vocab_size as i64, h])?;
+            let packed = loader.packed("lm_head.weight", &weight)?;
+            (weight, packed)
         };
         let inv_freq = Tensor::from_slice(&inverse_frequencies(&config)).to_device(loader.device);
         Ok(Self {
@@ -447,6 +550,7 @@ impl CausalLm {
             blocks,
             norm: final_norm,
             lm_head,
+            lm_head_packed,
             tied_embeddings,
             inv_freq,
             device: loader.device,
@@ -457,6 +561,29 @@ impl CausalLm {
             },
             config,
         })
+    }
+
+    /// Every packed copy of a weight, the output projection's included.
+    fn packed_weights(&self) -> impl Iterator<Item = &Packed> {
+        self.blocks
+            .iter()
+            .flat_map(|b| {
+                let (a, m) = (&b.attention, &b.mlp);
+                [&a.q, &a.k, &a.v, &a.o, &m.gate, &m.up, &m.down]
+            })
+            .filter_map(|l| l.packed.as_ref())
+            .chain(self.lm_head_packed.as_ref())
+    }
+
+    /// Bytes of checkpoint blocks kept beside the f32 weights that the CPU's packed
+    /// products may still read (see [`crate::cpu::PackedMatrix`]): 0 when none were
+    /// loaded, after [`CausalLm::named_parameters`], and without the weights found to
+    /// differ from their blocks since [`CausalLm::linear_layers_mut`].
+    pub fn packed_bytes(&self) -> usize {
+        self.packed_weights()
+            .filter(|p| !matches!(*p.lock(), PackState::Off | PackState::Differs(_)))
+            .map(|p| p.matrix.byte_len())
+            .sum()
     }
 
     /// The configuration.
@@ -486,8 +613,12 @@ impl CausalLm {
         self.quantization.weights = on;
     }
 
-    /// Every linear layer, by its Hugging Face name, in layer order.
+    /// Every linear layer, by its Hugging Face name, in layer order. Packed blocks kept
+    /// beside their weights are checked again against them at their next use.
     pub fn linear_layers_mut(&mut self) -> Vec<&mut Linear> {
+        for packed in self.packed_weights() {
+            packed.set(PackState::Unchecked);
+        }
         let mut layers = Vec::new();
         for block in &mut self.blocks {
             let a = &mut block.attention;
@@ -617,7 +748,9 @@ impl CausalLm {
     /// Final norm and output projection: logits (f32) for hidden states `[.., hidden]`.
     /// Per position, so it commutes with choosing positions first.
     pub(crate) fn project(&self, hidden: &Tensor) -> Tensor {
-        crate::cpu::linear(&self.norm.forward(hidden), &self.lm_head, None).to_kind(Kind::Float)
+        let normed = self.norm.forward(hidden);
+        packed_or_f32(&normed, &self.lm_head, self.lm_head_packed.as_ref(), None)
+            .to_kind(Kind::Float)
     }
 
     fn rotary(&self, positions: &Tensor) -> (Tensor, Tensor) {
@@ -829,6 +962,7 @@ impl Loader<'_> {
         bitlinear: bool,
     ) -> Result<Linear> {
         let weight = self.tensor(&format!("{name}.weight"), &[out, input])?;
+        let packed = self.packed(&format!("{name}.weight"), &weight)?;
         let bias = if bias {
             Some(self.tensor(&format!("{name}.bias"), &[out])?)
         } else {
@@ -840,7 +974,39 @@ impl Loader<'_> {
             bias,
             bitlinear,
             adapter: None,
+            packed,
         })
+    }
+
+    /// The checkpoint's blocks of `name` for the CPU's packed products, where they can
+    /// serve: a GGUF tensor in a block format the kernel reads, a CPU f32 model, a
+    /// kernel on this processor, and blocks that decode to `weight` bit for bit.
+    fn packed(&self, name: &str, weight: &Tensor) -> Result<Option<Packed>> {
+        let Source::Checkpoint(Checkpoint::GgufModel(model)) = self.source else {
+            return Ok(None);
+        };
+        if self.device != Device::Cpu || self.kind != Kind::Float || !crate::cpu::packing_enabled()
+        {
+            return Ok(None);
+        }
+        let Ok(bitnet_dequant::gguf::GgmlType::Quant(kind)) = model.ggml_type(name) else {
+            return Ok(None);
+        };
+        let Some(format) = crate::cpu::PackFormat::of(kind) else {
+            return Ok(None);
+        };
+        let &[rows, cols] = weight.size().as_slice() else {
+            return Ok(None);
+        };
+        let stored = model.raw_bytes(name)?;
+        let mut bytes = vec![0u8; stored.len()];
+        model.arrange_into(name, stored, &mut bytes)?;
+        model.release(name);
+        let Ok(matrix) = crate::cpu::PackedMatrix::new(format, rows as usize, cols as usize, bytes)
+        else {
+            return Ok(None);
+        };
+        Ok(Packed::checked(matrix, weight))
     }
 
     /// Every tensor of the checkpoint must have been used (`lm_head` may be absent or

@@ -253,3 +253,60 @@ fn a_sentencepiece_gguf_vocabulary_equals_transformers() {
     }
     assert!(gap < 1e-4, "max |Δlogit| {gap}");
 }
+
+/// Q4_0 (with llama's permuted rows), Q4_1 and Q8_0 layers of the fixture are computed
+/// from their blocks on the CPU: the same bits as from the f32 weights, and only while
+/// the blocks stand for the weights.
+#[test]
+fn packed_blocks_give_the_f32_weights_results_bit_for_bit() {
+    let path = fixture("gguf/tiny.gguf");
+    let mut packed = CausalLm::load(&path, Device::Cpu, Kind::Float).unwrap();
+    let mut plain = CausalLm::load(&path, Device::Cpu, Kind::Float).unwrap();
+    if !lm::cpu::packing_enabled() {
+        assert_eq!(packed.packed_bytes(), 0);
+        return;
+    }
+    // q (Q4_0), v and down (Q8_0), o (Q4_1) in both layers; k, gate and up are Q5 types.
+    let blocks = |rows: usize, cols: usize, bytes: usize| rows * cols / 32 * bytes;
+    let total =
+        2 * (blocks(64, 64, 18) + blocks(32, 64, 34) + blocks(64, 64, 20) + blocks(64, 128, 34));
+    assert_eq!(packed.packed_bytes(), total);
+    // Parameters handed out may be trained in place: the blocks are never read again.
+    let _ = plain.named_parameters();
+    assert_eq!(plain.packed_bytes(), 0);
+
+    let input = Tensor::from_slice(&ids(&expected()["prompts"][0])).unsqueeze(0);
+    let logits = |model: &CausalLm| tch::no_grad(|| model.forward(&input, None, None).unwrap());
+    let before = logits(&packed);
+    assert!(before.equal(&logits(&plain)));
+
+    // A replaced weight is used as given, in both models alike; put back, the blocks
+    // stand for it again.
+    let mut layers = packed.linear_layers_mut();
+    let q = layers
+        .iter_mut()
+        .find(|l| l.name.ends_with("0.self_attn.q_proj"))
+        .unwrap();
+    let doubled = &q.weight * 2.0;
+    let original = std::mem::replace(&mut q.weight, doubled);
+    let doubled = q.weight.shallow_clone();
+    drop(layers);
+    let changed = logits(&packed);
+    assert_eq!(packed.packed_bytes(), total - blocks(64, 64, 18));
+    let mut layers = plain.linear_layers_mut();
+    let q = layers
+        .iter_mut()
+        .find(|l| l.name.ends_with("0.self_attn.q_proj"))
+        .unwrap();
+    q.weight = doubled;
+    assert!(!changed.equal(&before));
+    assert!(changed.equal(&logits(&plain)));
+    let mut layers = packed.linear_layers_mut();
+    let q = layers
+        .iter_mut()
+        .find(|l| l.name.ends_with("0.self_attn.q_proj"))
+        .unwrap();
+    q.weight = original;
+    assert!(logits(&packed).equal(&before));
+    assert_eq!(packed.packed_bytes(), total);
+}

@@ -40,11 +40,14 @@ impl Isa {
     pub(crate) fn detect() -> Option<Self> {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f") {
+            // F16C widens the blocks' f16 scales; every AVX2 processor has it.
+            let f16c = std::arch::is_x86_feature_detected!("f16c");
+            if std::arch::is_x86_feature_detected!("avx512f") && f16c {
                 return Some(Self::Avx512);
             }
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
+                && f16c
             {
                 return Some(Self::Avx2);
             }
@@ -70,6 +73,129 @@ impl Isa {
         #[cfg(not(target_arch = "x86_64"))]
         let _ = (problem, begin, end);
     }
+
+    /// [`Isa::run`] with `W` in `packed` blocks instead of `problem.w`: each 4-row tile
+    /// of `W` is decoded into an L1 buffer (the same values as the f32 weights, bit for
+    /// bit) and meets the rows of `x` exactly as [`Isa::run`]'s tiles do, so the results
+    /// are the same bits as the f32 product's.
+    ///
+    /// # Safety
+    /// As [`Isa::run`]; `packed` has `problem.n` rows of `problem.k` values.
+    pub(super) unsafe fn run_packed(
+        self,
+        problem: &Problem,
+        packed: &Blocks<'_>,
+        begin: usize,
+        end: usize,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match self {
+                Self::Avx512 => avx512::packed_rows(problem, packed, begin, end),
+                Self::Avx2 => avx2::packed_rows(problem, packed, begin, end),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (problem, packed, begin, end);
+    }
+
+    /// Decodes rows `[begin, end)` of `packed` into `out` (`(end - begin) * k` values),
+    /// with the decoder the packed kernel uses.
+    ///
+    /// # Safety
+    /// The CPU supports this instruction set and `begin <= end <= ` the rows of `packed`.
+    pub(super) unsafe fn decode_rows(
+        self,
+        packed: &Blocks<'_>,
+        begin: usize,
+        end: usize,
+        out: &mut [f32],
+    ) {
+        assert!(out.len() >= (end - begin) * packed.k);
+        for row in begin..end {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: forwarded from the caller; `out` holds the row (asserted above).
+            unsafe {
+                let at = out.as_mut_ptr().add((row - begin) * packed.k);
+                match self {
+                    Self::Avx512 => avx512::decode_row(packed, row, at),
+                    Self::Avx2 => avx2::decode_row(packed, row, at),
+                }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = (row, &out);
+        }
+    }
+}
+
+/// The block layouts the packed kernel reads (llama.cpp's; see `bitnet_dequant::quants`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BlockKind {
+    /// 18 bytes: f16 `d`, 16 bytes of 4-bit codes; `d * (q - 8)`.
+    Q4_0,
+    /// 20 bytes: f16 `d`, f16 `m`, 16 bytes of 4-bit codes; `d * q + m` (unfused).
+    Q4_1,
+    /// 34 bytes: f16 `d`, 32 signed bytes; `q * d`.
+    Q8_0,
+}
+
+impl BlockKind {
+    pub(crate) const ELEMENTS: usize = 32;
+
+    pub(crate) fn bytes(self) -> usize {
+        match self {
+            Self::Q4_0 => 18,
+            Self::Q4_1 => 20,
+            Self::Q8_0 => 34,
+        }
+    }
+}
+
+/// A row-major matrix of `k`-wide rows stored as 32-element blocks, rows in order.
+#[derive(Clone, Copy)]
+pub(crate) struct Blocks<'a> {
+    pub kind: BlockKind,
+    pub bytes: &'a [u8],
+    /// Values per row, a multiple of 32.
+    pub k: usize,
+}
+
+/// How far ahead of the tile being decoded the packed kernel prefetches, in rows of W.
+const PREFETCH_ROWS: usize = 8;
+
+impl Blocks<'_> {
+    fn row_bytes(&self) -> usize {
+        self.k / BlockKind::ELEMENTS * self.kind.bytes()
+    }
+
+    /// Asks for rows `[begin, end)` (when they exist) to be brought into the caches.
+    fn prefetch_rows(&self, begin: usize, end: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            let row_bytes = self.row_bytes();
+            let range =
+                (begin * row_bytes).min(self.bytes.len())..(end * row_bytes).min(self.bytes.len());
+            for at in range.step_by(64) {
+                // SAFETY: a prefetch of an address inside `bytes`; it reads nothing.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(self.bytes.as_ptr().add(at).cast()) };
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (begin, end);
+    }
+
+    /// The first byte of `row`'s blocks.
+    fn row(&self, row: usize) -> *const u8 {
+        let row_bytes = self.row_bytes();
+        assert!(
+            (row + 1) * row_bytes <= self.bytes.len(),
+            "row {row} is outside the blocks"
+        );
+        // SAFETY: inside `bytes` (asserted above).
+        unsafe { self.bytes.as_ptr().add(row * row_bytes) }
+    }
 }
 
 /// Bytes of `x` (and, separately, of `W`) that one thread keeps hot while the other
@@ -89,6 +215,55 @@ macro_rules! dot_kernel {
         /// See [`super::Isa::run`].
         #[target_feature(enable = $features)]
         pub(super) unsafe fn rows(p: &super::Problem, begin: usize, end: usize) {
+            // SAFETY: forwarded from the caller; rows n..n + valid exist in W.
+            unsafe {
+                rows_from(p, begin, end, &mut |n, valid| {
+                    let w = |j: usize| p.w.add((n + j.min(valid - 1)) * p.k);
+                    [w(0), w(1), w(2), w(3)]
+                })
+            }
+        }
+
+        /// See [`super::Isa::run_packed`].
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn packed_rows(
+            p: &super::Problem,
+            packed: &super::Blocks<'_>,
+            begin: usize,
+            end: usize,
+        ) {
+            // Four decoded rows of W: 24 KB at the widest layer here, in L1 while the
+            // rows of x pass.
+            let mut tile = vec![0f32; 4 * p.k];
+            let at = tile.as_mut_ptr();
+            // SAFETY: forwarded from the caller; row j of the tile is `k` values at
+            // `at + j k`, written by `decode_row` before the tile reads it.
+            unsafe {
+                rows_from(p, begin, end, &mut |n, valid| {
+                    // The blocks of a tile ahead start coming from memory while this
+                    // one is multiplied.
+                    packed.prefetch_rows(
+                        n + super::PREFETCH_ROWS,
+                        (n + super::PREFETCH_ROWS + 4).min(end),
+                    );
+                    for j in 0..valid {
+                        decode_row(packed, n + j, at.add(j * p.k));
+                    }
+                    let w = |j: usize| at.add(j.min(valid - 1) * p.k).cast_const();
+                    [w(0), w(1), w(2), w(3)]
+                })
+            }
+        }
+
+        /// The loops of [`rows`] with `W`'s rows `n..n + valid` (a short last tile repeats
+        /// its last row) supplied by `w_tile`.
+        #[target_feature(enable = $features)]
+        unsafe fn rows_from(
+            p: &super::Problem,
+            begin: usize,
+            end: usize,
+            w_tile: &mut dyn FnMut(usize, usize) -> [*const f32; 4],
+        ) {
             // Rows of x in blocks that stay in L2 while this range of W passes by.
             let x_block = super::x_block_rows(p.k);
             let mut block = 0;
@@ -97,11 +272,8 @@ macro_rules! dot_kernel {
                 let mut n = begin;
                 while n < end {
                     let valid = (end - n).min(4);
-                    // A short last block repeats its last row; only valid columns are
-                    // stored.
-                    // SAFETY: rows n..n + valid exist in W.
-                    let w = |j: usize| unsafe { p.w.add((n + j.min(valid - 1)) * p.k) };
-                    let rows_w = [w(0), w(1), w(2), w(3)];
+                    // Only valid columns are stored.
+                    let rows_w = w_tile(n, valid);
                     let mut i = block;
                     while i < block_end {
                         let rows = (block_end - i).min(MAX_ROWS);
@@ -242,6 +414,70 @@ mod avx512 {
         out
     }
 
+    /// The f16 pair at `p` (scale, then offset for Q4_1), widened: lanes 0 and 1.
+    #[target_feature(enable = "avx512f,f16c")]
+    #[inline]
+    unsafe fn halves(p: *const u8) -> __m128 {
+        // SAFETY: the caller's block starts with 4 readable bytes (Q4_1) or 2 (the
+        // others: lane 1, from the first code bytes, is then unused).
+        unsafe { _mm_cvtph_ps(_mm_cvtsi32_si128(p.cast::<i32>().read_unaligned())) }
+    }
+
+    /// Decodes one row of `packed` into the 16-aligned-or-not `out` (`k` values), the
+    /// same arithmetic as `bitnet_dequant::quants` (one rounding per operation, unfused).
+    #[target_feature(enable = "avx512f,f16c")]
+    pub(super) unsafe fn decode_row(packed: &super::Blocks<'_>, row: usize, out: *mut f32) {
+        use super::BlockKind;
+        let mut block = packed.row(row);
+        let step = packed.kind.bytes();
+        let low_nibbles = _mm512_set1_epi32(0x0F);
+        // SAFETY: `row` has k / 32 blocks of `step` bytes; `out` has k values.
+        unsafe {
+            for b in 0..packed.k / BlockKind::ELEMENTS {
+                let y = out.add(b * BlockKind::ELEMENTS);
+                let scales = halves(block);
+                let d = _mm512_broadcastss_ps(scales);
+                match packed.kind {
+                    BlockKind::Q4_0 | BlockKind::Q4_1 => {
+                        // The block's 16 possible values, each computed as the decoder
+                        // computes it, then looked up by code: one permute per 16
+                        // weights instead of a conversion, a multiply and an add.
+                        let codes = _mm512_set_ps(
+                            15.0, 14.0, 13.0, 12.0, 11.0, 10.0, 9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0,
+                            2.0, 1.0, 0.0,
+                        );
+                        let (table, codes_at) = if packed.kind == BlockKind::Q4_1 {
+                            let m = _mm512_broadcastss_ps(_mm_movehdup_ps(scales));
+                            (_mm512_add_ps(_mm512_mul_ps(d, codes), m), 4)
+                        } else {
+                            let centred = _mm512_sub_ps(codes, _mm512_set1_ps(8.0));
+                            (_mm512_mul_ps(d, centred), 2)
+                        };
+                        let bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(
+                            block.add(codes_at).cast::<__m128i>(),
+                        ));
+                        let low = _mm512_and_si512(bytes, low_nibbles);
+                        let high = _mm512_srli_epi32(bytes, 4);
+                        _mm512_storeu_ps(y, _mm512_permutexvar_ps(low, table));
+                        _mm512_storeu_ps(y.add(16), _mm512_permutexvar_ps(high, table));
+                    }
+                    BlockKind::Q8_0 => {
+                        for half in 0..2 {
+                            let codes = _mm512_cvtepi8_epi32(_mm_loadu_si128(
+                                block.add(2 + 16 * half).cast::<__m128i>(),
+                            ));
+                            _mm512_storeu_ps(
+                                y.add(16 * half),
+                                _mm512_mul_ps(_mm512_cvtepi32_ps(codes), d),
+                            );
+                        }
+                    }
+                }
+                block = block.add(step);
+            }
+        }
+    }
+
     dot_kernel!("avx512f");
 }
 
@@ -295,6 +531,66 @@ mod avx2 {
         // SAFETY: `out` holds 4 floats.
         unsafe { _mm_storeu_ps(out.as_mut_ptr(), sums) };
         out
+    }
+
+    /// The f16 pair at `p` (scale, then offset for Q4_1), widened: lanes 0 and 1.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn halves(p: *const u8) -> __m128 {
+        // SAFETY: as in the AVX-512 module.
+        unsafe { _mm_cvtph_ps(_mm_cvtsi32_si128(p.cast::<i32>().read_unaligned())) }
+    }
+
+    /// See the AVX-512 module's `decode_row`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn decode_row(packed: &super::Blocks<'_>, row: usize, out: *mut f32) {
+        use super::BlockKind;
+        let mut block = packed.row(row);
+        let step = packed.kind.bytes();
+        let low_nibbles = _mm256_set1_epi32(0x0F);
+        // SAFETY: as in the AVX-512 module.
+        unsafe {
+            for b in 0..packed.k / BlockKind::ELEMENTS {
+                let y = out.add(b * BlockKind::ELEMENTS);
+                let scales = halves(block);
+                let d = _mm256_broadcastss_ps(scales);
+                match packed.kind {
+                    BlockKind::Q4_0 | BlockKind::Q4_1 => {
+                        let codes_at = if packed.kind == BlockKind::Q4_1 { 4 } else { 2 };
+                        let m = _mm256_broadcastss_ps(_mm_movehdup_ps(scales));
+                        let eight = _mm256_set1_epi32(8);
+                        let value = |q: __m256i| {
+                            if packed.kind == BlockKind::Q4_1 {
+                                _mm256_add_ps(_mm256_mul_ps(d, _mm256_cvtepi32_ps(q)), m)
+                            } else {
+                                _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_sub_epi32(q, eight)))
+                            }
+                        };
+                        for half in 0..2 {
+                            let codes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                                block.add(codes_at + 8 * half).cast::<__m128i>(),
+                            ));
+                            let low = _mm256_and_si256(codes, low_nibbles);
+                            let high = _mm256_srli_epi32(codes, 4);
+                            _mm256_storeu_ps(y.add(8 * half), value(low));
+                            _mm256_storeu_ps(y.add(16 + 8 * half), value(high));
+                        }
+                    }
+                    BlockKind::Q8_0 => {
+                        for quarter in 0..4 {
+                            let codes = _mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                                block.add(2 + 8 * quarter).cast::<__m128i>(),
+                            ));
+                            _mm256_storeu_ps(
+                                y.add(8 * quarter),
+                                _mm256_mul_ps(_mm256_cvtepi32_ps(codes), d),
+                            );
+                        }
+                    }
+                }
+                block = block.add(step);
+            }
+        }
     }
 
     dot_kernel!("avx2,fma");

@@ -24,7 +24,10 @@
 //! ```
 
 mod kernels;
+mod packed;
 mod team;
+
+pub use packed::{PackFormat, PackedMatrix};
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -50,8 +53,17 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
 
 /// Environment variable that turns the kernels off (`LM_CPU_LINEAR=libtorch`): every
 /// product is then libtorch's, for comparisons and for reproducing numbers measured
-/// with it.
+/// with it. `LM_CPU_LINEAR=unpacked` keeps the f32 kernel but loads no packed blocks
+/// ([`packing_enabled`]).
 pub const SWITCH_ENV: &str = "LM_CPU_LINEAR";
+
+/// Whether models loaded from GGUF blocks on the CPU keep those blocks for
+/// [`packed_linear`]: a kernel here and [`SWITCH_ENV`] neither `libtorch` nor
+/// `unpacked`.
+pub fn packing_enabled() -> bool {
+    enabled_isa().is_some()
+        && !std::env::var(SWITCH_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("unpacked"))
+}
 
 /// The instruction set the kernels use: `None` on other processors or when switched off
 /// by [`SWITCH_ENV`].
@@ -72,8 +84,18 @@ pub fn kernel_description() -> String {
         (Some(_), _) if !kernel_available() => {
             "libtorch's linear (no OpenMP runtime to share the kernel)".to_owned()
         }
-        (Some(Isa::Avx512), _) => "lm kernel, AVX-512, on libtorch's OpenMP threads".to_owned(),
-        (Some(Isa::Avx2), _) => "lm kernel, AVX2 + FMA, on libtorch's OpenMP threads".to_owned(),
+        (Some(isa), _) => format!(
+            "lm kernel, {}, on libtorch's OpenMP threads; {}",
+            match isa {
+                Isa::Avx512 => "AVX-512",
+                Isa::Avx2 => "AVX2 + FMA",
+            },
+            if packing_enabled() {
+                "GGUF Q4_0 / Q4_1 / Q8_0 weights read from their blocks"
+            } else {
+                "no packed GGUF blocks (LM_CPU_LINEAR=unpacked)"
+            }
+        ),
     }
 }
 
@@ -96,14 +118,55 @@ pub(crate) fn fast_linear(
     weight: &Tensor,
     bias: Option<&Tensor>,
 ) -> Option<Tensor> {
-    if !(plain_f32(x) && plain_f32(weight) && bias.is_none_or(plain_f32)) {
+    if !plain_f32(weight) {
         return None;
     }
-    let (&[n, k], Some(&x_k)) = (weight.size().as_slice(), x.size().last()) else {
+    let &[n, k] = weight.size().as_slice() else {
         return None;
     };
     // A strided weight would need a copy of the whole matrix per call: leave it.
-    if x_k != k || n == 0 || k == 0 || !weight.is_contiguous() {
+    if !weight.is_contiguous() {
+        return None;
+    }
+    let w = weight.data_ptr().cast::<f32>().cast_const();
+    product(x, n, k, bias, w, &|problem, begin, end| {
+        // SAFETY: `isa` was detected on this CPU; `product` keeps the tensors alive and
+        // contiguous with the problem's sizes and gives each range to one thread.
+        unsafe { isa.run(problem, begin, end) }
+    })
+}
+
+/// `x W^T + b` for a `W` kept in its checkpoint's blocks (see [`PackedMatrix`]): the
+/// same bits as [`linear`] on the f32 weights the blocks decode to. `None` where the
+/// kernel does not apply (no AVX-512 or AVX2 here, [`SWITCH_ENV`] set, `x` not a CPU f32
+/// tensor without gradient, or shapes that do not match).
+pub fn packed_linear(x: &Tensor, weight: &PackedMatrix, bias: Option<&Tensor>) -> Option<Tensor> {
+    let isa = enabled_isa()?;
+    let blocks = weight.blocks();
+    let (n, k) = (weight.rows as i64, weight.cols as i64);
+    product(x, n, k, bias, std::ptr::null(), &|problem, begin, end| {
+        // SAFETY: as in `fast_linear`; `blocks` holds `n` rows of `k` values.
+        unsafe { isa.run_packed(problem, &blocks, begin, end) }
+    })
+}
+
+/// Checks the inputs of `x W^T + b` (`W`: `[n, k]`, at `w` or packed), allocates `y`
+/// and runs `kernel` over column ranges of `y`, shared between libtorch's threads when
+/// the product is large enough. `None` where the inputs are outside what the kernels
+/// handle.
+fn product(
+    x: &Tensor,
+    n: i64,
+    k: i64,
+    bias: Option<&Tensor>,
+    w: *const f32,
+    kernel: &(dyn Fn(&Problem, usize, usize) + Sync),
+) -> Option<Tensor> {
+    if !(plain_f32(x) && bias.is_none_or(plain_f32)) {
+        return None;
+    }
+    let &x_k = x.size().last()?;
+    if x_k != k || n == 0 || k == 0 {
         return None;
     }
     let bias = match bias {
@@ -122,7 +185,7 @@ pub(crate) fn fast_linear(
     }
     let problem = Problem {
         x: x.data_ptr().cast::<f32>().cast_const(),
-        w: weight.data_ptr().cast::<f32>().cast_const(),
+        w,
         bias: bias.as_ref().map_or(std::ptr::null(), |b| {
             b.data_ptr().cast::<f32>().cast_const()
         }),
@@ -134,9 +197,7 @@ pub(crate) fn fast_linear(
     let threads = usize::try_from(tch::get_num_threads()).unwrap_or(1).max(1);
     let shared = threads > 1 && n * k * (m + 4) >= PARALLEL_MIN_WORK;
     if !shared {
-        // SAFETY: `isa` was detected on this CPU; the tensors behind the pointers are
-        // alive and contiguous with these sizes; only this thread writes `y`.
-        unsafe { isa.run(&problem, 0, n) };
+        kernel(&problem, 0, n);
         return Some(y);
     }
     // About 8 pieces per thread, so a thread that loses its core for a moment is caught
@@ -155,9 +216,8 @@ pub(crate) fn fast_linear(
                 break;
             }
             let begin = piece * chunk;
-            // SAFETY: as above; pieces are disjoint column ranges of `y`, each taken by
-            // exactly one thread.
-            unsafe { isa.run(&problem, begin, (begin + chunk).min(n)) };
+            // Pieces are disjoint column ranges of `y`, each taken by exactly one thread.
+            kernel(&problem, begin, (begin + chunk).min(n));
         }
     });
     // Without an OpenMP runtime to share the work, libtorch's own threads do better.
@@ -236,6 +296,114 @@ mod tests {
             let ours = fast_linear(isa, &strided, &w, None).expect("applies");
             assert!(max_difference(&ours, &strided.linear(&w, None::<&Tensor>)) < 1e-4);
         }
+    }
+
+    /// Random blocks of `format` for a `[rows, cols]` matrix (finite f16 scales of
+    /// either sign, every code value), and the f32 values `bitnet-dequant` decodes them to.
+    fn random_blocks(format: PackFormat, rows: usize, cols: usize, seed: u64) -> (Vec<u8>, Tensor) {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let blocks = rows * cols / 32;
+        let mut bytes = Vec::with_capacity(blocks * format.block_bytes());
+        for _ in 0..blocks {
+            let halves = if format == PackFormat::Q4_1 { 2 } else { 1 };
+            for _ in 0..halves {
+                let value = ((next() % 2001) as f32 - 1000.0) / 20_000.0;
+                bytes.extend_from_slice(&half::f16::from_f32(value).to_le_bytes());
+            }
+            let codes = if format == PackFormat::Q8_0 { 32 } else { 16 };
+            bytes.extend((0..codes).map(|_| next() as u8));
+        }
+        let kind = match format {
+            PackFormat::Q4_0 => bitnet_dequant::quants::QuantType::Q4_0,
+            PackFormat::Q4_1 => bitnet_dequant::quants::QuantType::Q4_1,
+            PackFormat::Q8_0 => bitnet_dequant::quants::QuantType::Q8_0,
+        };
+        let mut values = vec![0f32; rows * cols];
+        bitnet_dequant::quants::dequantize(kind, &bytes, &mut values).expect("decodes");
+        let weight = Tensor::from_slice(&values).view([rows as i64, cols as i64]);
+        (bytes, weight)
+    }
+
+    #[test]
+    fn packed_products_are_the_f32_products_bit_for_bit() {
+        tch::manual_seed(13);
+        let options = (Kind::Float, Device::Cpu);
+        let before = tch::get_num_threads();
+        let mut compared = 0;
+        for threads in [1, 2] {
+            tch::set_num_threads(threads);
+            for format in [PackFormat::Q4_0, PackFormat::Q4_1, PackFormat::Q8_0] {
+                for (n, k) in [(1usize, 32usize), (5, 64), (9, 96), (1030, 576), (37, 2048)] {
+                    let (bytes, weight) = random_blocks(format, n, k, (n * k) as u64);
+                    let packed = PackedMatrix::new(format, n, k, bytes).expect("whole blocks");
+                    assert!(packed.decodes_to(&weight) || enabled_isa().is_none());
+                    for m in [1i64, 2, 3, 5, 16, 130] {
+                        let x = Tensor::randn([m, k as i64], options);
+                        let b = Tensor::randn([n as i64], options);
+                        for bias in [None, Some(&b)] {
+                            if let (Some(ours), Some(f32s)) = (
+                                packed_linear(&x, &packed, bias),
+                                enabled_isa().and_then(|isa| fast_linear(isa, &x, &weight, bias)),
+                            ) {
+                                assert!(ours.equal(&f32s), "{format:?} m {m} n {n} k {k}");
+                                compared += 1;
+                            }
+                            // Every instruction set this processor has, not just the best.
+                            for isa in isas() {
+                                let blocks = packed.blocks();
+                                let ours = product(
+                                    &x,
+                                    n as i64,
+                                    k as i64,
+                                    bias,
+                                    std::ptr::null(),
+                                    &|p, b, e| unsafe { isa.run_packed(p, &blocks, b, e) },
+                                );
+                                let f32s = fast_linear(isa, &x, &weight, bias);
+                                assert!(ours.expect("runs").equal(&f32s.expect("runs")), "{isa:?}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        tch::set_num_threads(before);
+        assert!(compared == 2 * 3 * 5 * 6 * 2 || enabled_isa().is_none());
+    }
+
+    #[test]
+    fn packed_matrices_check_their_shape_and_what_they_decode_to() {
+        let (bytes, weight) = random_blocks(PackFormat::Q4_1, 4, 64, 1);
+        assert!(PackedMatrix::new(PackFormat::Q4_1, 4, 60, bytes.clone()).is_err());
+        assert!(PackedMatrix::new(PackFormat::Q4_1, 5, 64, bytes.clone()).is_err());
+        assert!(PackedMatrix::new(PackFormat::Q8_0, 4, 64, bytes.clone()).is_err());
+        if enabled_isa().is_none() {
+            return;
+        }
+        let packed = PackedMatrix::new(PackFormat::Q4_1, 4, 64, bytes.clone()).expect("fits");
+        assert!(packed.decodes_to(&weight));
+        for isa in isas() {
+            let mut decoded = vec![0f32; 4 * 64];
+            // SAFETY: detected here; rows 0..4 exist.
+            unsafe { isa.decode_rows(&packed.blocks(), 0, 4, &mut decoded) };
+            assert!(
+                Tensor::from_slice(&decoded).view([4, 64]).equal(&weight),
+                "{isa:?}"
+            );
+        }
+        // One code changed: the blocks no longer decode to these weights.
+        let mut changed = bytes;
+        changed[20 + 7] ^= 0x10;
+        let changed = PackedMatrix::new(PackFormat::Q4_1, 4, 64, changed).expect("fits");
+        assert!(!changed.decodes_to(&weight));
+        assert!(!packed.decodes_to(&weight.transpose(0, 1)));
+        assert!(!packed.decodes_to(&weight.to_kind(Kind::Double)));
     }
 
     #[test]
