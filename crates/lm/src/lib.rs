@@ -54,6 +54,6 @@ pub use error::{Error, Result};
 pub use generate::{
     CompletionLogProbs, Finish, GenerateConfig, Generated, Sampling, Score, next_token_loss,
 };
-pub use model::{CausalLm, KvCache, Linear, LinearAdapter};
+pub use model::{CausalLm, KvCache, Linear, LinearAdapter, LoadOptions};
 pub use prompt::{ChatTemplate, Message, PromptFormat};
 pub use tokenizer::Tokenizer;

@@ -30,7 +30,9 @@ pub struct Linear {
     /// GGUF blocks on the CPU also keeps those blocks ([`Linear::packed_bytes`]) and
     /// computes from them while they decode to this tensor, checked after every
     /// [`CausalLm::linear_layers_mut`]; a caller that keeps a clone of it and writes into
-    /// it in place later must call [`CausalLm::linear_layers_mut`] again.
+    /// it in place later must call [`CausalLm::linear_layers_mut`] again. A model loaded
+    /// with [`LoadOptions::packed_only`] keeps no f32 copy of such a layer: its `weight`
+    /// is then empty (0 elements) and [`Linear::dense_weight`] decodes the blocks.
     pub weight: Tensor,
     /// `[out_features]`, if any.
     pub bias: Option<Tensor>,
@@ -74,6 +76,20 @@ impl Linear {
     pub fn packed_bytes(&self) -> usize {
         self.packed.as_ref().map_or(0, |p| p.matrix.byte_len())
     }
+
+    /// The weight as an f32 tensor: `weight` itself, or, for a layer whose blocks are its
+    /// only copy ([`LoadOptions::packed_only`]), the blocks decoded (a new tensor).
+    pub fn dense_weight(&self) -> Tensor {
+        dense(&self.weight, self.packed.as_ref())
+    }
+}
+
+/// `weight`, or the blocks decoded where they are the only copy (`weight` empty).
+fn dense(weight: &Tensor, packed: Option<&Packed>) -> Tensor {
+    match packed {
+        Some(packed) if weight.numel() == 0 && packed.is_sole() => packed.decoded(),
+        _ => weight.shallow_clone(),
+    }
 }
 
 /// `x W^T + b` from the packed blocks where they stand for `weight`, else from `weight`.
@@ -86,12 +102,14 @@ fn packed_or_f32(
     packed
         .filter(|p| p.stands_for(weight))
         .and_then(|p| crate::cpu::packed_linear(x, &p.matrix, bias))
-        .unwrap_or_else(|| crate::cpu::linear(x, weight, bias))
+        // Where the kernel does not apply (an input that wants a gradient, say), a
+        // layer whose blocks are its only copy is decoded for the product.
+        .unwrap_or_else(|| crate::cpu::linear(x, &dense(weight, packed), bias))
 }
 
 /// A weight's checkpoint blocks kept beside its f32 tensor (see [`crate::cpu::PackedMatrix`]).
 struct Packed {
-    matrix: crate::cpu::PackedMatrix,
+    matrix: std::sync::Arc<crate::cpu::PackedMatrix>,
     state: std::sync::Mutex<PackState>,
 }
 
@@ -106,15 +124,44 @@ enum PackState {
     Unchecked,
     /// The weights were handed out as parameters (trained in place, maybe): not used.
     Off,
+    /// The blocks are the only copy of the weight (its tensor is empty until replaced).
+    Sole,
 }
 
 impl Packed {
     /// Blocks checked against `weight` now (`None` if they do not decode to it).
     fn checked(matrix: crate::cpu::PackedMatrix, weight: &Tensor) -> Option<Self> {
         matrix.decodes_to(weight).then(|| Self {
-            matrix,
+            matrix: std::sync::Arc::new(matrix),
             state: std::sync::Mutex::new(PackState::Matches(weight.data_ptr() as usize)),
         })
+    }
+
+    /// Blocks that are the weight's only copy, once the kernel's decoder was checked
+    /// against `bitnet_dequant`'s on them (`None` if it differs).
+    fn sole(matrix: crate::cpu::PackedMatrix) -> Option<Self> {
+        matrix.decodes_as_the_reference().then(|| Self {
+            matrix: std::sync::Arc::new(matrix),
+            state: std::sync::Mutex::new(PackState::Sole),
+        })
+    }
+
+    /// The same blocks, for a tied output projection.
+    fn share(&self) -> Self {
+        Self {
+            matrix: std::sync::Arc::clone(&self.matrix),
+            state: std::sync::Mutex::new(*self.lock()),
+        }
+    }
+
+    fn is_sole(&self) -> bool {
+        *self.lock() == PackState::Sole
+    }
+
+    /// The blocks decoded into an f32 `[rows, cols]` tensor.
+    fn decoded(&self) -> Tensor {
+        let [rows, cols] = self.matrix.shape();
+        Tensor::from_slice(&self.matrix.dequantize()).view([rows as i64, cols as i64])
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, PackState> {
@@ -125,7 +172,7 @@ impl Packed {
 
     fn set(&self, state: PackState) {
         let mut current = self.lock();
-        if *current != PackState::Off {
+        if !matches!(*current, PackState::Off | PackState::Sole) {
             *current = state;
         }
     }
@@ -140,6 +187,8 @@ impl Packed {
         let address = weight.data_ptr() as usize;
         let mut state = self.lock();
         match *state {
+            // Until a caller puts a tensor of its own in the empty weight's place.
+            PackState::Sole => weight.numel() == 0,
             PackState::Off => false,
             PackState::Matches(a) if a == address => true,
             PackState::Differs(a) if a == address => false,
@@ -306,10 +355,26 @@ impl KvCache {
     }
 }
 
+/// How [`CausalLm::load_with`] keeps weights.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// For inference on the CPU: a GGUF tensor in a block format the CPU kernel reads
+    /// (Q4_0, Q4_1, Q8_0) is kept only as its blocks, not also as f32 values, so a
+    /// Q4_1 model takes about a sixth of the memory. Its layer's `weight` is then empty
+    /// ([`Linear::dense_weight`] decodes it), the embeddings are looked up from the
+    /// blocks, and [`CausalLm::named_parameters`] gives decoded copies (training them
+    /// does not train the model). Results are the same bits as with the f32 weights.
+    /// Ignored (f32 weights as usual) off the CPU, for other kinds than f32, and where
+    /// [`crate::cpu::packing_enabled`] is false. Default: off.
+    pub packed_only: bool,
+}
+
 /// A causal language model.
 pub struct CausalLm {
     config: ModelConfig,
     embed: Tensor,
+    /// The embeddings' blocks where they are their only copy ([`LoadOptions::packed_only`]).
+    embed_packed: Option<Packed>,
     blocks: Vec<Block>,
     norm: RmsNorm,
     lm_head: Tensor,
@@ -327,6 +392,11 @@ impl CausalLm {
     /// `bitnet_dequant::gguf_model`) onto `device` as `kind` (`Float`, `BFloat16` or
     /// `Half`).
     pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
+        Self::load_with(dir, device, kind, LoadOptions::default())
+    }
+
+    /// [`CausalLm::load`] with [`LoadOptions`].
+    pub fn load_with(dir: &Path, device: Device, kind: Kind, options: LoadOptions) -> Result<Self> {
         crate::device::runtime();
         let checkpoint = Checkpoint::open(dir)?;
         let config = match &checkpoint {
@@ -349,6 +419,7 @@ impl CausalLm {
             device,
             kind,
             used: Vec::new(),
+            packed_only: options.packed_only,
         };
         let model = Self::build(config, &mut loader)?;
         loader.check_all_used()?;
@@ -383,6 +454,7 @@ impl CausalLm {
             device,
             kind,
             used: Vec::new(),
+            packed_only: false,
         };
         Self::build(config, &mut loader)
     }
@@ -397,9 +469,9 @@ impl CausalLm {
         }
         let mut out = vec![(
             "model.embed_tokens.weight".to_owned(),
-            self.embed.shallow_clone(),
+            dense(&self.embed, self.embed_packed.as_ref()),
         )];
-        let linear = |l: &Linear| (format!("{}.weight", l.name), l.weight.shallow_clone());
+        let linear = |l: &Linear| (format!("{}.weight", l.name), l.dense_weight());
         let norm = |n: &RmsNorm| (n.name.clone(), n.weight.shallow_clone());
         for block in &self.blocks {
             out.push(norm(&block.input_norm));
@@ -418,7 +490,10 @@ impl CausalLm {
         }
         out.push(norm(&self.norm));
         if !self.tied_embeddings {
-            out.push(("lm_head.weight".to_owned(), self.lm_head.shallow_clone()));
+            out.push((
+                "lm_head.weight".to_owned(),
+                dense(&self.lm_head, self.lm_head_packed.as_ref()),
+            ));
         }
         out
     }
@@ -441,7 +516,14 @@ impl CausalLm {
             Source::Random { .. } => true,
         };
         let bitlinear = bitnet && quantized;
-        let embed = loader.tensor("model.embed_tokens.weight", &[config.vocab_size as i64, h])?;
+        let embed_shape = [config.vocab_size as i64, h];
+        let (embed, embed_packed) = match loader.sole("model.embed_tokens.weight", &embed_shape)? {
+            Some((placeholder, packed)) => (placeholder, Some(packed)),
+            None => (
+                loader.tensor("model.embed_tokens.weight", &embed_shape)?,
+                None,
+            ),
+        };
         let norm = |loader: &mut Loader<'_>, name: String, size: i64| -> Result<RmsNorm> {
             Ok(RmsNorm {
                 weight: loader.tensor(&name, &[size])?,
@@ -537,16 +619,25 @@ impl CausalLm {
         let final_norm = norm(loader, "model.norm.weight".into(), h)?;
         let tied_embeddings = config.tie_word_embeddings && !loader.has("lm_head.weight");
         let (lm_head, lm_head_packed) = if tied_embeddings {
-            let packed = loader.packed("model.embed_tokens.weight", &embed)?;
+            let packed = match &embed_packed {
+                Some(sole) => Some(sole.share()),
+                None => loader.packed("model.embed_tokens.weight", &embed)?,
+            };
             (embed.shallow_clone(), packed)
         } else {
-            let weight = loader.tensor("lm_head.weight", &[config.vocab_size as i64, h])?;
-            let packed = loader.packed("lm_head.weight", &weight)?;
-            (weight, packed)
+            match loader.sole("lm_head.weight", &embed_shape)? {
+                Some((placeholder, packed)) => (placeholder, Some(packed)),
+                None => {
+                    let weight = loader.tensor("lm_head.weight", &embed_shape)?;
+                    let packed = loader.packed("lm_head.weight", &weight)?;
+                    (weight, packed)
+                }
+            }
         };
         let inv_freq = Tensor::from_slice(&inverse_frequencies(&config)).to_device(loader.device);
         Ok(Self {
             embed,
+            embed_packed,
             blocks,
             norm: final_norm,
             lm_head,
@@ -573,6 +664,8 @@ impl CausalLm {
             })
             .filter_map(|l| l.packed.as_ref())
             .chain(self.lm_head_packed.as_ref())
+            // Tied, the embeddings' blocks are the output projection's.
+            .chain(self.embed_packed.as_ref().filter(|_| !self.tied_embeddings))
     }
 
     /// Bytes of checkpoint blocks kept beside the f32 weights that the CPU's packed
@@ -721,7 +814,7 @@ impl CausalLm {
         let (cos, sin) = self.rotary(&positions);
         let bias = self.attention_bias(&full_mask, &positions, past);
 
-        let mut hidden = Tensor::embedding(&self.embed, &input_ids, -1, false, false);
+        let mut hidden = self.embed_tokens(&input_ids)?;
         for (index, block) in self.blocks.iter().enumerate() {
             let residual = hidden.shallow_clone();
             let x = block.input_norm.forward(&hidden);
@@ -738,6 +831,27 @@ impl CausalLm {
             cache.mask = Some(full_mask);
         }
         Ok(hidden)
+    }
+
+    /// The embeddings of `input_ids` (`[batch, new]`): `[batch, new, hidden]`.
+    fn embed_tokens(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let Some(packed) = self
+            .embed_packed
+            .as_ref()
+            .filter(|_| self.embed.numel() == 0)
+        else {
+            return Ok(Tensor::embedding(&self.embed, input_ids, -1, false, false));
+        };
+        let ids = Vec::<i64>::try_from(input_ids.flatten(0, -1))?;
+        let values = packed.matrix.decode_rows(&ids).ok_or_else(|| {
+            Error::Input(format!(
+                "a token id in {ids:?} is outside the vocabulary of {}",
+                self.config.vocab_size
+            ))
+        })?;
+        let mut shape = input_ids.size();
+        shape.push(self.config.hidden_size as i64);
+        Ok(Tensor::from_slice(&values).view(shape.as_slice()))
     }
 
     /// The final norm alone.
@@ -904,6 +1018,8 @@ struct Loader<'a> {
     device: Device,
     kind: Kind,
     used: Vec<String>,
+    /// [`LoadOptions::packed_only`].
+    packed_only: bool,
 }
 
 impl Loader<'_> {
@@ -961,8 +1077,14 @@ impl Loader<'_> {
         bias: bool,
         bitlinear: bool,
     ) -> Result<Linear> {
-        let weight = self.tensor(&format!("{name}.weight"), &[out, input])?;
-        let packed = self.packed(&format!("{name}.weight"), &weight)?;
+        let (weight, packed) = match self.sole(&format!("{name}.weight"), &[out, input])? {
+            Some((placeholder, packed)) => (placeholder, Some(packed)),
+            None => {
+                let weight = self.tensor(&format!("{name}.weight"), &[out, input])?;
+                let packed = self.packed(&format!("{name}.weight"), &weight)?;
+                (weight, packed)
+            }
+        };
         let bias = if bias {
             Some(self.tensor(&format!("{name}.bias"), &[out])?)
         } else {
@@ -982,6 +1104,53 @@ impl Loader<'_> {
     /// serve: a GGUF tensor in a block format the kernel reads, a CPU f32 model, a
     /// kernel on this processor, and blocks that decode to `weight` bit for bit.
     fn packed(&self, name: &str, weight: &Tensor) -> Result<Option<Packed>> {
+        let &[rows, cols] = weight.size().as_slice() else {
+            return Ok(None);
+        };
+        Ok(self
+            .blocks(name, [rows, cols])?
+            .and_then(|matrix| Packed::checked(matrix, weight)))
+    }
+
+    /// With [`LoadOptions::packed_only`], the blocks of `name` (of `shape`) as its only
+    /// copy, with an empty tensor in the weight's place; `None` where blocks cannot
+    /// serve (see [`Loader::packed`]) or their decoding differs from the reference's.
+    fn sole(&mut self, name: &str, shape: &[i64; 2]) -> Result<Option<(Tensor, Packed)>> {
+        if !self.packed_only {
+            return Ok(None);
+        }
+        let Some(packed) = self.blocks(name, *shape)?.and_then(Packed::sole) else {
+            return Ok(None);
+        };
+        let info = match self.source {
+            Source::Checkpoint(checkpoint) => checkpoint.tensor(name)?,
+            Source::Random { .. } => return Ok(None),
+        };
+        if info
+            .shape
+            .iter()
+            .map(|&d| d as i64)
+            .ne(shape.iter().copied())
+        {
+            return Err(Error::Weights {
+                path: self.path.clone(),
+                tensor: name.to_owned(),
+                message: format!("has shape {:?}, the config implies {shape:?}", info.shape),
+            });
+        }
+        self.used.push(name.to_owned());
+        Ok(Some((
+            Tensor::empty([0], (Kind::Float, Device::Cpu)),
+            packed,
+        )))
+    }
+
+    /// The blocks of `name` in HF row order, where the CPU kernel can read them.
+    fn blocks(
+        &self,
+        name: &str,
+        [rows, cols]: [i64; 2],
+    ) -> Result<Option<crate::cpu::PackedMatrix>> {
         let Source::Checkpoint(Checkpoint::GgufModel(model)) = self.source else {
             return Ok(None);
         };
@@ -995,18 +1164,11 @@ impl Loader<'_> {
         let Some(format) = crate::cpu::PackFormat::of(kind) else {
             return Ok(None);
         };
-        let &[rows, cols] = weight.size().as_slice() else {
-            return Ok(None);
-        };
         let stored = model.raw_bytes(name)?;
         let mut bytes = vec![0u8; stored.len()];
         model.arrange_into(name, stored, &mut bytes)?;
         model.release(name);
-        let Ok(matrix) = crate::cpu::PackedMatrix::new(format, rows as usize, cols as usize, bytes)
-        else {
-            return Ok(None);
-        };
-        Ok(Packed::checked(matrix, weight))
+        Ok(crate::cpu::PackedMatrix::new(format, rows as usize, cols as usize, bytes).ok())
     }
 
     /// Every tensor of the checkpoint must have been used (`lm_head` may be absent or

@@ -310,3 +310,70 @@ fn packed_blocks_give_the_f32_weights_results_bit_for_bit() {
     assert!(logits(&packed).equal(&before));
     assert_eq!(packed.packed_bytes(), total);
 }
+
+/// Loaded with only its blocks, the fixture's packable layers and embeddings hold no
+/// f32 copy and give the same logits and generations, bit for bit, as the f32 model.
+#[test]
+fn a_packed_only_model_is_the_same_model_in_less_memory() {
+    let path = fixture("gguf/tiny.gguf");
+    let options = lm::LoadOptions { packed_only: true };
+    let mut small = CausalLm::load_with(&path, Device::Cpu, Kind::Float, options).unwrap();
+    let mut full = CausalLm::load(&path, Device::Cpu, Kind::Float).unwrap();
+    if !lm::cpu::packing_enabled() {
+        assert_eq!(small.packed_bytes(), 0);
+        return;
+    }
+    // The f32 model's blocks, plus the Q8_0 embeddings the packed-only model keeps.
+    assert_eq!(
+        small.packed_bytes(),
+        full.packed_bytes() + 300 * 64 / 32 * 34
+    );
+    let input = Tensor::from_slice(&ids(&expected()["prompts"][0])).unsqueeze(0);
+    let logits = |model: &CausalLm| tch::no_grad(|| model.forward(&input, None, None).unwrap());
+    assert!(logits(&small).equal(&logits(&full)));
+    let settings = lm::GenerateConfig {
+        max_new_tokens: 8,
+        ..lm::GenerateConfig::default()
+    };
+    let prompts = [
+        ids(&expected()["prompts"][0]),
+        ids(&expected()["prompts"][1]),
+    ];
+    let ours = small.generate(&prompts, &settings).unwrap();
+    let theirs = full.generate(&prompts, &settings).unwrap();
+    assert_eq!(ours[0].tokens, theirs[0].tokens);
+    assert_eq!(ours[1].tokens, theirs[1].tokens);
+
+    // Weights on demand: decoded, equal to the f32 model's.
+    let empty: Vec<String> = small
+        .linear_layers_mut()
+        .iter()
+        .filter(|l| l.weight.numel() == 0)
+        .map(|l| l.name.clone())
+        .collect();
+    assert_eq!(
+        empty.len(),
+        2 * 4,
+        "q, v, o and down of both layers: {empty:?}"
+    );
+    let decoded: Vec<(String, Tensor)> = small.named_parameters();
+    for ((name, ours), (_, theirs)) in decoded.iter().zip(full.named_parameters()) {
+        assert!(ours.equal(&theirs), "{name}");
+    }
+    // A weight put in an empty one's place is used as given.
+    for model in [&mut small, &mut full] {
+        let mut layers = model.linear_layers_mut();
+        let o = layers
+            .iter_mut()
+            .find(|l| l.name.ends_with("1.self_attn.o_proj"))
+            .unwrap();
+        o.weight = o.dense_weight() * 0.5;
+    }
+    assert!(logits(&small).equal(&logits(&full)));
+    // A token outside the vocabulary is a clear error, not a crash.
+    let outside = Tensor::from_slice(&[1i64, 300]).unsqueeze(0);
+    let message = tch::no_grad(|| small.forward(&outside, None, None))
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("outside the vocabulary"), "{message}");
+}

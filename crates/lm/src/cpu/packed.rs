@@ -37,6 +37,16 @@ impl PackFormat {
         }
     }
 
+    /// The llama.cpp quantization type.
+    pub fn quant_type(self) -> bitnet_dequant::quants::QuantType {
+        use bitnet_dequant::quants::QuantType;
+        match self {
+            Self::Q4_0 => QuantType::Q4_0,
+            Self::Q4_1 => QuantType::Q4_1,
+            Self::Q8_0 => QuantType::Q8_0,
+        }
+    }
+
     fn kind(self) -> BlockKind {
         match self {
             Self::Q4_0 => BlockKind::Q4_0,
@@ -115,9 +125,6 @@ impl PackedMatrix {
     /// Whether the kernel's decoder turns these blocks into exactly `weight` (a CPU f32
     /// `[rows, cols]` tensor), bit for bit; `false` too where there is no kernel here.
     pub fn decodes_to(&self, weight: &Tensor) -> bool {
-        let Some(isa) = super::enabled_isa() else {
-            return false;
-        };
         if weight.device() != Device::Cpu
             || weight.kind() != Kind::Float
             || weight.size() != [self.rows as i64, self.cols as i64]
@@ -132,20 +139,50 @@ impl PackedMatrix {
                 self.rows * self.cols,
             )
         };
+        let cols = self.cols;
+        self.decodes_as(&mut |begin, end, out| {
+            out.copy_from_slice(&expected[begin * cols..end * cols]);
+        })
+    }
+
+    /// Whether the kernel's decoder gives exactly what `bitnet_dequant::quants` decodes
+    /// these blocks to (the f32 weights a checkpoint loader makes of them), bit for bit;
+    /// `false` where there is no kernel here or the reference refuses a block.
+    pub fn decodes_as_the_reference(&self) -> bool {
+        let row_bytes = self.cols / BlockKind::ELEMENTS * self.format.block_bytes();
+        let kind = self.format.quant_type();
+        let mut refused = false;
+        let agrees = self.decodes_as(&mut |begin, end, out| {
+            let bytes = &self.bytes[begin * row_bytes..end * row_bytes];
+            if bitnet_dequant::quants::dequantize(kind, bytes, out).is_err() {
+                refused = true;
+                out.fill(f32::NAN);
+            }
+        });
+        agrees && !refused
+    }
+
+    /// Compares the kernel's decoding with `expected(begin, end, out)`, which writes rows
+    /// `[begin, end)` into `out`, a bounded number of rows at a time.
+    fn decodes_as(&self, expected: &mut dyn FnMut(usize, usize, &mut [f32])) -> bool {
+        let Some(isa) = super::enabled_isa() else {
+            return false;
+        };
         let blocks = self.blocks();
-        // A few hundred rows at a time: a bounded buffer however large the matrix.
         let rows_per_piece = (1 << 16) / self.cols + 1;
         let mut decoded = vec![0f32; rows_per_piece * self.cols];
+        let mut want = vec![0f32; rows_per_piece * self.cols];
         let mut begin = 0;
         while begin < self.rows {
             let end = (begin + rows_per_piece).min(self.rows);
             let values = &mut decoded[..(end - begin) * self.cols];
             // SAFETY: `isa` was detected here; rows begin..end exist.
             unsafe { isa.decode_rows(&blocks, begin, end, values) };
-            let want = &expected[begin * self.cols..end * self.cols];
+            let want = &mut want[..(end - begin) * self.cols];
+            expected(begin, end, want);
             if values
                 .iter()
-                .zip(want)
+                .zip(want.iter())
                 .any(|(a, b)| a.to_bits() != b.to_bits())
             {
                 return false;
@@ -153,6 +190,34 @@ impl PackedMatrix {
             begin = end;
         }
         true
+    }
+
+    /// Rows `ids` decoded (an embedding lookup): `[ids.len(), cols]` f32 values, row by
+    /// row, with the kernel's decoder, or `None` where there is none here or an id is
+    /// outside the rows.
+    pub fn decode_rows(&self, ids: &[i64]) -> Option<Vec<f32>> {
+        let isa = super::enabled_isa()?;
+        let blocks = self.blocks();
+        let mut out = vec![0f32; ids.len() * self.cols];
+        for (&id, row) in ids.iter().zip(out.chunks_exact_mut(self.cols)) {
+            let id = usize::try_from(id).ok().filter(|&id| id < self.rows)?;
+            // SAFETY: `isa` was detected here; row `id` exists (checked above).
+            unsafe { isa.decode_rows(&blocks, id, id + 1, row) };
+        }
+        Some(out)
+    }
+
+    /// The whole matrix as f32 values (`bitnet_dequant`'s decoder), row-major.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        // Blocks are only kept once their decoding was checked, so this cannot fail; a
+        // refused block would have left them out.
+        if bitnet_dequant::quants::dequantize(self.format.quant_type(), &self.bytes, &mut out)
+            .is_err()
+        {
+            out.fill(f32::NAN);
+        }
+        out
     }
 }
 
