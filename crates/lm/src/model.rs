@@ -909,12 +909,67 @@ impl CausalLm {
         let kv_heads = self.config.num_key_value_heads as i64;
         let d = self.config.head_dim as i64;
         let shape = |t: Tensor, n: i64| t.view([batch, new, n, d]).transpose(1, 2);
+        let fused = new == 1 && crate::cpu::attention::applies(&[x, cos, sin, bias]);
+        if fused && let Some((slot, capacity)) = cache {
+            // A decoding step on the CPU: the fused path (see `cpu::attention`).
+            let rotated = |t: Tensor, n: i64| {
+                let flat = t.view([batch, n * d]);
+                crate::cpu::attention::rope(
+                    &flat,
+                    &cos.view([batch, d]),
+                    &sin.view([batch, d]),
+                    d as usize,
+                )
+            };
+            let q = rotated(attention.q.forward(x, quantize), heads);
+            let k = rotated(attention.k.forward(x, quantize), kv_heads);
+            let v = attention.v.forward(x, quantize);
+            let (k, v) =
+                LayerCache::append(slot, &shape(k, kv_heads), &shape(v, kv_heads), capacity);
+            let total = k.size()[2];
+            let scale = (1.0 / (d as f64).sqrt()) as f32;
+            if let Some(out) = crate::cpu::attention::decode_attention(
+                &q,
+                &k,
+                &v,
+                &bias.view([batch, total]),
+                scale,
+                heads as usize,
+            ) {
+                let out = match &attention.sub_norm {
+                    Some(norm) => norm.forward(&out),
+                    None => out,
+                };
+                return attention.o.forward(&out, quantize);
+            }
+            // Shapes the fused path does not take: libtorch's, on what is cached.
+            let q = q.view([batch, new, heads, d]).transpose(1, 2);
+            return self.attend(attention, &q, &k, &v, bias);
+        }
         let q = rope(&shape(attention.q.forward(x, quantize), heads), cos, sin);
         let mut k = rope(&shape(attention.k.forward(x, quantize), kv_heads), cos, sin);
         let mut v = shape(attention.v.forward(x, quantize), kv_heads);
         if let Some((slot, capacity)) = cache {
             (k, v) = LayerCache::append(slot, &k, &v, capacity);
         }
+        self.attend(attention, &q, &k, &v, bias)
+    }
+
+    /// Attention of rotated queries `q` (`[batch, heads, new, d]`) on keys and values
+    /// (`[batch, kv heads, total, d]`), then the output projection.
+    fn attend(
+        &self,
+        attention: &Attention,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bias: &Tensor,
+    ) -> Tensor {
+        let quantize = self.quantization;
+        let [batch, heads, new, d] = q.size()[..] else {
+            unreachable!("queries are [batch, heads, new, d]")
+        };
+        let kv_heads = k.size()[1];
         // Grouped-query attention without copying keys and values per head: the `repeat`
         // query heads that share a key/value head are stacked along the query axis.
         let repeat = heads / kv_heads;
@@ -933,7 +988,7 @@ impl CausalLm {
             total,
         ]);
         let out = weights
-            .matmul(&v)
+            .matmul(v)
             .view([batch, heads, new, d])
             .transpose(1, 2)
             .reshape([batch, new, heads * d]);

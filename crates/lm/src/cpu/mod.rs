@@ -23,6 +23,7 @@
 //! assert!(f64::try_from((ours - torch).abs().max()).unwrap() < 1e-4);
 //! ```
 
+pub(crate) mod attention;
 mod kernels;
 mod packed;
 mod team;
