@@ -26,11 +26,12 @@ pub trait LinearAdapter: Send {
 pub struct Linear {
     /// Its Hugging Face name, e.g. `model.layers.3.mlp.up_proj`.
     pub name: String,
-    /// `[out_features, in_features]`. Replacing it is always safe. A layer loaded from
-    /// GGUF blocks on the CPU also keeps those blocks ([`Linear::packed_bytes`]) and
-    /// computes from them while they decode to this tensor, checked after every
-    /// [`CausalLm::linear_layers_mut`]; a caller that keeps a clone of it and writes into
-    /// it in place later must call [`CausalLm::linear_layers_mut`] again. A model loaded
+    /// `[out_features, in_features]`. Replacing it or writing into it is always safe. A
+    /// layer loaded from GGUF blocks on the CPU also keeps those blocks
+    /// ([`Linear::packed_bytes`]) and computes from them while they decode to this
+    /// tensor: checked at load, and again at the next use after the tensor was replaced
+    /// or written in place (libtorch's version counter; writes through raw pointers are
+    /// not seen). A model loaded
     /// with [`LoadOptions::packed_only`] keeps no f32 copy of such a layer: its `weight`
     /// is then empty (0 elements) and [`Linear::dense_weight`] decodes the blocks.
     pub weight: Tensor,
@@ -99,13 +100,25 @@ fn packed_or_f32(
     packed: Option<&Packed>,
     bias: Option<&Tensor>,
 ) -> Tensor {
+    // Many rows of input make the product compute-bound: reading fewer bytes no longer
+    // pays for decoding them, so the f32 weights serve where there are any.
+    let rows =
+        x.numel() / usize::try_from(x.size().last().copied().unwrap_or(1).max(1)).unwrap_or(1);
+    let many_rows = rows > PACKED_MAX_ROWS && weight.numel() > 0;
     packed
-        .filter(|p| p.stands_for(weight))
+        .filter(|p| !many_rows && p.stands_for(weight))
         .and_then(|p| crate::cpu::packed_linear(x, &p.matrix, bias))
         // Where the kernel does not apply (an input that wants a gradient, say), a
         // layer whose blocks are its only copy is decoded for the product.
         .unwrap_or_else(|| crate::cpu::linear(x, &dense(weight, packed), bias))
 }
+
+/// Rows of input up to which a layer with both copies multiplies from its blocks. On
+/// the 2-core AVX-512 development machine, with weights coming from memory (an
+/// `[49152, 576]` matrix, `cargo xtask bench linear`), the blocks were 2.1x faster than
+/// the f32 weights at 1 row, 1.9x at 16, 1.3x at 64 and even at 256; inside a whole
+/// model's batched decoding (the profile stage's batches) they cost about 10% more.
+const PACKED_MAX_ROWS: usize = 32;
 
 /// A weight's checkpoint blocks kept beside its f32 tensor (see [`crate::cpu::PackedMatrix`]).
 struct Packed {
@@ -113,17 +126,31 @@ struct Packed {
     state: std::sync::Mutex<PackState>,
 }
 
+/// A weight tensor as it was when compared with its blocks: where its data is and
+/// libtorch's version counter, which every in-place write (through the tensor, its
+/// views or its shallow clones) advances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    address: usize,
+    version: i64,
+}
+
+impl Seen {
+    fn of(weight: &Tensor) -> Self {
+        Self {
+            address: weight.data_ptr() as usize,
+            version: weight.internal_version(),
+        }
+    }
+}
+
 /// What is known of a [`Packed`] matrix against its layer's current weight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PackState {
-    /// The blocks decode to the tensor whose data is at this address (checked).
-    Matches(usize),
+    /// The blocks decode to the tensor seen so (checked).
+    Matches(Seen),
     /// They do not (checked).
-    Differs(usize),
-    /// The weights were handed out to be changed since: check at the next use.
-    Unchecked,
-    /// The weights were handed out as parameters (trained in place, maybe): not used.
-    Off,
+    Differs(Seen),
     /// The blocks are the only copy of the weight (its tensor is empty until replaced).
     Sole,
 }
@@ -133,7 +160,7 @@ impl Packed {
     fn checked(matrix: crate::cpu::PackedMatrix, weight: &Tensor) -> Option<Self> {
         matrix.decodes_to(weight).then(|| Self {
             matrix: std::sync::Arc::new(matrix),
-            state: std::sync::Mutex::new(PackState::Matches(weight.data_ptr() as usize)),
+            state: std::sync::Mutex::new(PackState::Matches(Seen::of(weight))),
         })
     }
 
@@ -170,34 +197,27 @@ impl Packed {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn set(&self, state: PackState) {
-        let mut current = self.lock();
-        if !matches!(*current, PackState::Off | PackState::Sole) {
-            *current = state;
-        }
-    }
-
     /// Whether a product with `weight` may be computed from the blocks: a plain CPU f32
-    /// tensor without gradient that the blocks decode to (checked once per tensor).
+    /// tensor without gradient that the blocks decode to (checked again whenever the
+    /// tensor was replaced or written in place since).
     fn stands_for(&self, weight: &Tensor) -> bool {
         if weight.requires_grad() || weight.device() != Device::Cpu || weight.kind() != Kind::Float
         {
             return false;
         }
-        let address = weight.data_ptr() as usize;
+        let seen = Seen::of(weight);
         let mut state = self.lock();
         match *state {
             // Until a caller puts a tensor of its own in the empty weight's place.
             PackState::Sole => weight.numel() == 0,
-            PackState::Off => false,
-            PackState::Matches(a) if a == address => true,
-            PackState::Differs(a) if a == address => false,
+            PackState::Matches(s) if s == seen => true,
+            PackState::Differs(s) if s == seen => false,
             _ => {
                 let matches = self.matrix.decodes_to(weight);
                 *state = if matches {
-                    PackState::Matches(address)
+                    PackState::Matches(seen)
                 } else {
-                    PackState::Differs(address)
+                    PackState::Differs(seen)
                 };
                 matches
             }
@@ -463,10 +483,6 @@ impl CausalLm {
     /// model), embeddings first, then layer by layer; `lm_head.weight` only when it is
     /// not tied to the embeddings.
     pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        // They may be trained in place: from now on every product reads the f32 weights.
-        for packed in self.packed_weights() {
-            packed.set(PackState::Off);
-        }
         let mut out = vec![(
             "model.embed_tokens.weight".to_owned(),
             dense(&self.embed, self.embed_packed.as_ref()),
@@ -668,13 +684,12 @@ impl CausalLm {
             .chain(self.embed_packed.as_ref().filter(|_| !self.tied_embeddings))
     }
 
-    /// Bytes of checkpoint blocks kept beside the f32 weights that the CPU's packed
-    /// products may still read (see [`crate::cpu::PackedMatrix`]): 0 when none were
-    /// loaded, after [`CausalLm::named_parameters`], and without the weights found to
-    /// differ from their blocks since [`CausalLm::linear_layers_mut`].
+    /// Bytes of checkpoint blocks the CPU's packed products read (see
+    /// [`crate::cpu::PackedMatrix`]): 0 when none were loaded, and without those found
+    /// at their last use to differ from a replaced or rewritten weight.
     pub fn packed_bytes(&self) -> usize {
         self.packed_weights()
-            .filter(|p| !matches!(*p.lock(), PackState::Off | PackState::Differs(_)))
+            .filter(|p| !matches!(*p.lock(), PackState::Differs(_)))
             .map(|p| p.matrix.byte_len())
             .sum()
     }
@@ -706,12 +721,8 @@ impl CausalLm {
         self.quantization.weights = on;
     }
 
-    /// Every linear layer, by its Hugging Face name, in layer order. Packed blocks kept
-    /// beside their weights are checked again against them at their next use.
+    /// Every linear layer, by its Hugging Face name, in layer order.
     pub fn linear_layers_mut(&mut self) -> Vec<&mut Linear> {
-        for packed in self.packed_weights() {
-            packed.set(PackState::Unchecked);
-        }
         let mut layers = Vec::new();
         for block in &mut self.blocks {
             let a = &mut block.attention;

@@ -254,14 +254,29 @@ fn a_sentencepiece_gguf_vocabulary_equals_transformers() {
     assert!(gap < 1e-4, "max |Δlogit| {gap}");
 }
 
+/// The fixture as an HF float folder (no blocks to keep), converted into `dir`.
+fn float_folder(dir: &Path) -> PathBuf {
+    let out = dir.join("hf");
+    bitnet_dequant::convert::convert(
+        &fixture("gguf/tiny.gguf"),
+        &out,
+        &bitnet_dequant::convert::ConvertOptions::default(),
+        &mut bitnet_dequant::convert::NoProgress,
+    )
+    .unwrap();
+    out
+}
+
 /// Q4_0 (with llama's permuted rows), Q4_1 and Q8_0 layers of the fixture are computed
 /// from their blocks on the CPU: the same bits as from the f32 weights, and only while
-/// the blocks stand for the weights.
+/// the blocks stand for the weights (replaced or written in place, they are checked
+/// again).
 #[test]
 fn packed_blocks_give_the_f32_weights_results_bit_for_bit() {
-    let path = fixture("gguf/tiny.gguf");
-    let mut packed = CausalLm::load(&path, Device::Cpu, Kind::Float).unwrap();
-    let mut plain = CausalLm::load(&path, Device::Cpu, Kind::Float).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut packed = CausalLm::load(&fixture("gguf/tiny.gguf"), Device::Cpu, Kind::Float).unwrap();
+    let mut plain = CausalLm::load(&float_folder(dir.path()), Device::Cpu, Kind::Float).unwrap();
+    assert_eq!(plain.packed_bytes(), 0);
     if !lm::cpu::packing_enabled() {
         assert_eq!(packed.packed_bytes(), 0);
         return;
@@ -271,42 +286,63 @@ fn packed_blocks_give_the_f32_weights_results_bit_for_bit() {
     let total =
         2 * (blocks(64, 64, 18) + blocks(32, 64, 34) + blocks(64, 64, 20) + blocks(64, 128, 34));
     assert_eq!(packed.packed_bytes(), total);
-    // Parameters handed out may be trained in place: the blocks are never read again.
-    let _ = plain.named_parameters();
-    assert_eq!(plain.packed_bytes(), 0);
 
     let input = Tensor::from_slice(&ids(&expected()["prompts"][0])).unsqueeze(0);
     let logits = |model: &CausalLm| tch::no_grad(|| model.forward(&input, None, None).unwrap());
     let before = logits(&packed);
     assert!(before.equal(&logits(&plain)));
 
-    // A replaced weight is used as given, in both models alike; put back, the blocks
-    // stand for it again.
-    let mut layers = packed.linear_layers_mut();
-    let q = layers
-        .iter_mut()
-        .find(|l| l.name.ends_with("0.self_attn.q_proj"))
-        .unwrap();
-    let doubled = &q.weight * 2.0;
-    let original = std::mem::replace(&mut q.weight, doubled);
-    let doubled = q.weight.shallow_clone();
-    drop(layers);
+    let q_proj = |model: &mut CausalLm| {
+        let mut layers = model.linear_layers_mut();
+        let at = layers
+            .iter()
+            .position(|l| l.name.ends_with("0.self_attn.q_proj"))
+            .unwrap();
+        layers.swap_remove(at).weight.shallow_clone()
+    };
+    // Written in place (through a clone, as an optimizer would): checked again, not used.
+    let (ours, theirs) = (q_proj(&mut packed), q_proj(&mut plain));
+    for weight in [&ours, &theirs] {
+        let _ = tch::no_grad(|| weight.shallow_clone().g_mul_scalar_(2.0));
+    }
     let changed = logits(&packed);
-    assert_eq!(packed.packed_bytes(), total - blocks(64, 64, 18));
-    let mut layers = plain.linear_layers_mut();
-    let q = layers
-        .iter_mut()
-        .find(|l| l.name.ends_with("0.self_attn.q_proj"))
-        .unwrap();
-    q.weight = doubled;
     assert!(!changed.equal(&before));
     assert!(changed.equal(&logits(&plain)));
+    assert_eq!(packed.packed_bytes(), total - blocks(64, 64, 18));
+    // Written back: the blocks stand for it again.
+    for weight in [&ours, &theirs] {
+        let _ = tch::no_grad(|| weight.shallow_clone().g_div_scalar_(2.0));
+    }
+    assert!(logits(&packed).equal(&before));
+    assert_eq!(packed.packed_bytes(), total);
+
+    // Replaced (an SVF merge does this) and put back.
     let mut layers = packed.linear_layers_mut();
-    let q = layers
+    let o = layers
         .iter_mut()
-        .find(|l| l.name.ends_with("0.self_attn.q_proj"))
+        .find(|l| l.name.ends_with("1.self_attn.o_proj"))
         .unwrap();
-    q.weight = original;
+    let halved = &o.weight * 0.5;
+    let original = std::mem::replace(&mut o.weight, halved.shallow_clone());
+    drop(layers);
+    let mut layers = plain.linear_layers_mut();
+    let o = layers
+        .iter_mut()
+        .find(|l| l.name.ends_with("1.self_attn.o_proj"))
+        .unwrap();
+    let plain_original = std::mem::replace(&mut o.weight, halved);
+    drop(layers);
+    let changed = logits(&packed);
+    assert!(!changed.equal(&before));
+    assert!(changed.equal(&logits(&plain)));
+    for (model, weight) in [(&mut packed, original), (&mut plain, plain_original)] {
+        let mut layers = model.linear_layers_mut();
+        let o = layers
+            .iter_mut()
+            .find(|l| l.name.ends_with("1.self_attn.o_proj"))
+            .unwrap();
+        o.weight = weight;
+    }
     assert!(logits(&packed).equal(&before));
     assert_eq!(packed.packed_bytes(), total);
 }
@@ -318,16 +354,17 @@ fn a_packed_only_model_is_the_same_model_in_less_memory() {
     let path = fixture("gguf/tiny.gguf");
     let options = lm::LoadOptions { packed_only: true };
     let mut small = CausalLm::load_with(&path, Device::Cpu, Kind::Float, options).unwrap();
-    let mut full = CausalLm::load(&path, Device::Cpu, Kind::Float).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut full = CausalLm::load(&float_folder(dir.path()), Device::Cpu, Kind::Float).unwrap();
     if !lm::cpu::packing_enabled() {
         assert_eq!(small.packed_bytes(), 0);
         return;
     }
-    // The f32 model's blocks, plus the Q8_0 embeddings the packed-only model keeps.
-    assert_eq!(
-        small.packed_bytes(),
-        full.packed_bytes() + 300 * 64 / 32 * 34
-    );
+    // The linear layers' blocks (see above) and the Q8_0 embeddings.
+    let blocks = |rows: usize, cols: usize, bytes: usize| rows * cols / 32 * bytes;
+    let layers =
+        2 * (blocks(64, 64, 18) + blocks(32, 64, 34) + blocks(64, 64, 20) + blocks(64, 128, 34));
+    assert_eq!(small.packed_bytes(), layers + blocks(300, 64, 34));
     let input = Tensor::from_slice(&ids(&expected()["prompts"][0])).unsqueeze(0);
     let logits = |model: &CausalLm| tch::no_grad(|| model.forward(&input, None, None).unwrap());
     assert!(logits(&small).equal(&logits(&full)));
