@@ -223,12 +223,31 @@ impl Job {
             *score = (*score - max).exp();
             sum += *score;
         }
-        out.fill(0.0);
-        for (t, &weight) in scores.iter().enumerate() {
-            let p = weight / sum;
-            for (o, &v) in out.iter_mut().zip(row(self.values, t)) {
-                *o += p * v;
+        for weight in &mut scores {
+            *weight /= sum;
+        }
+        // Per 16 output lanes, the sum over positions kept in registers (accumulating in
+        // `out` itself would go through memory at every position).
+        for (chunk, out) in out.chunks_mut(LANES).enumerate() {
+            let lanes = chunk * LANES..chunk * LANES + out.len();
+            let mut acc = [0f32; LANES];
+            if out.len() == LANES {
+                for (t, &p) in scores.iter().enumerate() {
+                    let v: &[f32; LANES] = row(self.values, t)[lanes.clone()]
+                        .try_into()
+                        .expect("a whole chunk");
+                    for l in 0..LANES {
+                        acc[l] += p * v[l];
+                    }
+                }
+            } else {
+                for (t, &p) in scores.iter().enumerate() {
+                    for (a, &v) in acc.iter_mut().zip(&row(self.values, t)[lanes.clone()]) {
+                        *a += p * v;
+                    }
+                }
             }
+            out.copy_from_slice(&acc[..out.len()]);
         }
     }
 }
