@@ -254,6 +254,20 @@ fn a_sentencepiece_gguf_vocabulary_equals_transformers() {
     assert!(gap < 1e-4, "max |Δlogit| {gap}");
 }
 
+/// Bytes of a `[rows, cols]` matrix in 32-element blocks of `bytes` each.
+fn block_bytes(rows: usize, cols: usize, bytes: usize) -> usize {
+    rows * cols / 32 * bytes
+}
+
+/// Bytes of the fixture's linear layers the CPU kernel reads from their blocks: q
+/// (Q4_0), v and down (Q8_0) and o (Q4_1) in both layers (k, gate and up are Q5 types).
+fn linear_block_bytes() -> usize {
+    2 * (block_bytes(64, 64, 18)
+        + block_bytes(32, 64, 34)
+        + block_bytes(64, 64, 20)
+        + block_bytes(64, 128, 34))
+}
+
 /// The fixture as an HF float folder (no blocks to keep), converted into `dir`.
 fn float_folder(dir: &Path) -> PathBuf {
     let out = dir.join("hf");
@@ -281,10 +295,7 @@ fn packed_blocks_give_the_f32_weights_results_bit_for_bit() {
         assert_eq!(packed.packed_bytes(), 0);
         return;
     }
-    // q (Q4_0), v and down (Q8_0), o (Q4_1) in both layers; k, gate and up are Q5 types.
-    let blocks = |rows: usize, cols: usize, bytes: usize| rows * cols / 32 * bytes;
-    let total =
-        2 * (blocks(64, 64, 18) + blocks(32, 64, 34) + blocks(64, 64, 20) + blocks(64, 128, 34));
+    let total = linear_block_bytes();
     assert_eq!(packed.packed_bytes(), total);
 
     let input = Tensor::from_slice(&ids(&expected()["prompts"][0])).unsqueeze(0);
@@ -308,7 +319,7 @@ fn packed_blocks_give_the_f32_weights_results_bit_for_bit() {
     let changed = logits(&packed);
     assert!(!changed.equal(&before));
     assert!(changed.equal(&logits(&plain)));
-    assert_eq!(packed.packed_bytes(), total - blocks(64, 64, 18));
+    assert_eq!(packed.packed_bytes(), total - block_bytes(64, 64, 18));
     // Written back: the blocks stand for it again.
     for weight in [&ours, &theirs] {
         let _ = tch::no_grad(|| weight.shallow_clone().g_div_scalar_(2.0));
@@ -360,11 +371,11 @@ fn a_packed_only_model_is_the_same_model_in_less_memory() {
         assert_eq!(small.packed_bytes(), 0);
         return;
     }
-    // The linear layers' blocks (see above) and the Q8_0 embeddings.
-    let blocks = |rows: usize, cols: usize, bytes: usize| rows * cols / 32 * bytes;
-    let layers =
-        2 * (blocks(64, 64, 18) + blocks(32, 64, 34) + blocks(64, 64, 20) + blocks(64, 128, 34));
-    assert_eq!(small.packed_bytes(), layers + blocks(300, 64, 34));
+    // The linear layers' blocks and the Q8_0 embeddings.
+    assert_eq!(
+        small.packed_bytes(),
+        linear_block_bytes() + block_bytes(300, 64, 34)
+    );
     let input = Tensor::from_slice(&ids(&expected()["prompts"][0])).unsqueeze(0);
     let logits = |model: &CausalLm| tch::no_grad(|| model.forward(&input, None, None).unwrap());
     assert!(logits(&small).equal(&logits(&full)));

@@ -53,8 +53,8 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
 }
 
 /// Environment variable that turns the kernels off (`LM_CPU_LINEAR=libtorch`): every
-/// product is then libtorch's, for comparisons and for reproducing numbers measured
-/// with it. `LM_CPU_LINEAR=unpacked` keeps the f32 kernel but loads no packed blocks
+/// product, and a decoding step's attention, is then libtorch's, for comparisons and for
+/// reproducing numbers measured with it. `LM_CPU_LINEAR=unpacked` keeps the f32 kernel but loads no packed blocks
 /// ([`packing_enabled`]).
 pub const SWITCH_ENV: &str = "LM_CPU_LINEAR";
 
