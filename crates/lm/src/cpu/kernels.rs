@@ -234,8 +234,11 @@ macro_rules! dot_kernel {
         ) {
             // Four decoded rows of W: 24 KB at the widest layer here, in L1 while the
             // rows of x pass.
-            let mut tile = vec![0f32; 4 * p.k];
-            let at = tile.as_mut_ptr();
+            // Rows start on 64-byte lines (k is a multiple of 32 values), so no vector
+            // load of the tile straddles two cache lines.
+            let mut tile = vec![0f32; 4 * p.k + 16];
+            let offset = tile.as_ptr().align_offset(64).min(16);
+            let at = tile[offset..].as_mut_ptr();
             // SAFETY: forwarded from the caller; row j of the tile is `k` values at
             // `at + j k`, written by `decode_row` before the tile reads it.
             unsafe {
