@@ -122,6 +122,43 @@ fn model_commands_work_end_to_end() {
     assert!((0.5..=1.0).contains(&top1), "{report}");
     std::fs::remove_dir_all(&dir).unwrap();
 
+    // A GGUF model runs from its blocks alone unless asked to keep f32 copies too; it
+    // is the same model either way.
+    let gguf = fixture("gguf/tiny.gguf");
+    let blocks = lm(&["info", &gguf, "--device", "cpu"]);
+    let both = lm(&["info", &gguf, "--device", "cpu", "--f32-weights"]);
+    assert!(
+        blocks.status.success() && both.status.success(),
+        "{blocks:?} {both:?}"
+    );
+    let blocks: serde_json::Value = serde_json::from_slice(&blocks.stdout).unwrap();
+    let both: serde_json::Value = serde_json::from_slice(&both.stdout).unwrap();
+    assert!(
+        blocks["packed_block_bytes"].as_u64().unwrap() > 0,
+        "{blocks}"
+    );
+    assert_eq!(blocks["packed_block_bytes"], both["packed_block_bytes"]);
+    assert_eq!(blocks["linear_parameters"], both["linear_parameters"]);
+    let continuation = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            gguf.as_str(),
+            "--device",
+            "cpu",
+            "--prompt",
+            "the cat",
+            "--max-new-tokens",
+            "6",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let output = lm(&args);
+        assert!(output.status.success(), "{output:?}");
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        (report["tokens"].clone(), report["log_probs"].clone())
+    };
+    assert_eq!(continuation(&[]), continuation(&["--f32-weights"]));
+
     let missing = lm(&["info", "/nonexistent/model"]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/model"));

@@ -32,10 +32,13 @@ struct ModelArgs {
     /// Weight element type.
     #[arg(long, value_enum, default_value = "f32")]
     dtype: Dtype,
-    /// Keep a GGUF model's Q4_0 / Q4_1 / Q8_0 tensors as their blocks alone (CPU, f32):
-    /// the same results in about a sixth of the memory (see `lm::LoadOptions`).
+    /// Also keep f32 copies of a GGUF model's Q4_0 / Q4_1 / Q8_0 tensors. Without it
+    /// (every command here only runs the model) those tensors are kept as their blocks
+    /// alone on the CPU: the same results in about a sixth of the memory (see
+    /// `lm::LoadOptions::packed_only`). The library's `CausalLm::load` keeps both, for
+    /// training.
     #[arg(long)]
-    packed_only: bool,
+    f32_weights: bool,
 }
 
 impl ModelArgs {
@@ -46,7 +49,7 @@ impl ModelArgs {
             Dtype::F16 => Kind::Half,
         };
         let options = lm::LoadOptions {
-            packed_only: self.packed_only,
+            packed_only: !self.f32_weights,
         };
         CausalLm::load_with(&self.model, device::resolve(self.device)?, kind, options)
     }
