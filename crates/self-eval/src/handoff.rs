@@ -297,7 +297,7 @@ fn write_all(
             self_test_passed: self_test.passed,
             base_overall_accuracy: self_test.base.overall,
             memory_measure: if chosen.scores.peak_rss_mb.is_some() {
-                "peak resident memory of the measuring process (CPU host memory)".into()
+                "peak resident memory of the process while the mixture was measured (CPU host memory)".into()
             } else {
                 "model parameter memory (the platform gave no peak memory)".into()
             },
