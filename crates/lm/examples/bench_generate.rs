@@ -109,7 +109,7 @@ fn main() {
             (true, false) => format!("{name} (f32 + blocks)"),
         };
         // This model's own peak: the kernel's high-water mark starts again here.
-        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        lm::device::reset_peak_memory();
         let before = status_bytes("VmRSS:");
         let options = lm::LoadOptions { packed_only };
         let model = CausalLm::load_with(&path, Device::Cpu, Kind::Float, options).expect("loads");

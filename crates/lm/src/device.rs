@@ -276,6 +276,15 @@ pub fn release_free_memory() {
     }
 }
 
+/// Starts a new peak of this process's resident memory: returns free heap to the system
+/// ([`release_free_memory`]), then has Linux reset the high-water mark (`VmHWM` in
+/// `/proc/self/status`) to the current resident size by writing 5 to
+/// `/proc/self/clear_refs` (Linux 4.0 and later). False where that is not possible.
+pub fn reset_peak_memory() -> bool {
+    release_free_memory();
+    cfg!(target_os = "linux") && std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 /// Turns a request into a concrete device, checking that it exists.
 ///
 /// `auto` never fails; `cuda:N` fails with [`Error::CudaUnavailable`] when CUDA is not
@@ -380,6 +389,39 @@ fn recorded_torch_version(libtorch_dir: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `VmHWM` in MiB, as Linux reports it.
+    fn peak_mib() -> f64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+            / 1024.0
+    }
+
+    #[test]
+    fn a_reset_peak_forgets_what_was_freed_before() {
+        if !cfg!(target_os = "linux") {
+            return;
+        }
+        // 256 MiB written (so resident), then freed: the peak so far includes them.
+        let buffer = vec![1u8; 256 << 20];
+        std::hint::black_box(&buffer);
+        drop(buffer);
+        let before = peak_mib();
+        assert!(
+            reset_peak_memory(),
+            "/proc/self/clear_refs could not be written"
+        );
+        let after = peak_mib();
+        assert!(
+            after < before - 200.0,
+            "peak {after:.0} MiB after the reset, {before:.0} MiB before"
+        );
+    }
 
     #[test]
     fn device_strings_parse() {

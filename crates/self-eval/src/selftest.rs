@@ -142,9 +142,9 @@ pub struct HeldOutScores {
     /// 95th percentile of the same.
     pub latency_p95_ms: f64,
     /// Peak resident memory of this process during this measurement, MiB: the peak is
-    /// reset when the measurement starts ([`reset_peak_rss`]), so stages run earlier in
-    /// the same process (training, say) do not count. `None` where the platform cannot
-    /// reset or report it.
+    /// reset when the measurement starts ([`lm::device::reset_peak_memory`]), so stages
+    /// run earlier in the same process (training, say) do not count. `None` where the
+    /// platform cannot reset or report it.
     pub peak_rss_mb: Option<f64>,
     /// Parameter memory of the model, MiB.
     pub model_mb: f64,
@@ -209,16 +209,8 @@ impl SelfTest {
     }
 }
 
-/// Starts a new peak of this process's resident set size: returns free heap to the
-/// system, then has Linux reset `VmHWM` to the current size (writing 5 to
-/// `/proc/self/clear_refs`, Linux 4.0 and later). False where that is not possible.
-pub fn reset_peak_rss() -> bool {
-    lm::device::release_free_memory();
-    cfg!(target_os = "linux") && std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
-
 /// Peak resident set size of this process in MiB (Linux `VmHWM`): since it started, or
-/// since the last [`reset_peak_rss`].
+/// since the last [`lm::device::reset_peak_memory`].
 pub fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -234,7 +226,7 @@ pub fn measure_held_out(
     config: &SelfTestConfig,
 ) -> Result<HeldOutScores> {
     let started = Instant::now();
-    let peak_was_reset = reset_peak_rss();
+    let peak_was_reset = lm::device::reset_peak_memory();
     let tokenizer = problem.tokenizer();
     problem.with_mixture(alphas, |model, svf, _| {
         let answerer = Answerer::new(model, tokenizer, problem.format().clone())?;
@@ -457,30 +449,4 @@ pub fn self_test(
         attempts,
         chosen,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_reset_peak_forgets_what_was_freed_before() {
-        if !cfg!(target_os = "linux") {
-            return;
-        }
-        // 256 MiB written (so resident), then freed: the peak so far includes them.
-        let buffer = vec![1u8; 256 << 20];
-        std::hint::black_box(&buffer);
-        drop(buffer);
-        let before = peak_rss_mb().expect("Linux reports VmHWM");
-        assert!(
-            reset_peak_rss(),
-            "/proc/self/clear_refs could not be written"
-        );
-        let after = peak_rss_mb().expect("Linux reports VmHWM");
-        assert!(
-            after < before - 200.0,
-            "peak {after:.0} MiB after the reset, {before:.0} MiB before"
-        );
-    }
 }
